@@ -1,0 +1,1 @@
+"""The consent-ledger SDK and command line: trusts no node, verifies every answer."""
