@@ -16,6 +16,7 @@ class DecodeError(LedgerError):
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
+        self.reason = message
         super().__init__(f"{field}: {message}" if field else message)
 
 
@@ -81,3 +82,14 @@ class UnverifiedNoteError(NoteError):
 
 class SignatureError(LedgerError):
     """An event's signature or batch proof does not verify."""
+
+
+class RejectedError(LedgerError):
+    """An event that is well formed but may not enter the log now.
+
+    `code` is stable: the node turns it into a problem type, clients match on it.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)

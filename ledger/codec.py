@@ -1,0 +1,360 @@
+"""Canonical msgpack: one byte string per record, and a strict decoder.
+
+A record is a frozen dataclass whose fields carry a `Spec` in their metadata. It is
+encoded as a msgpack map whose keys are the field names in declaration order; an
+optional field that is None is absent (never nil). The decoder accepts exactly the
+bytes the encoder would produce: it checks types, bounds, key order, duplicates and
+unknown keys field by field, so that an error can name the field, and finally
+re-encodes and compares, which rules out every non-minimal msgpack form (an integer
+in a wider format than needed, a str8 where a fixstr fits, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+
+from ledger.errors import (
+    DecodeError,
+    DuplicateKeyError,
+    FieldTypeError,
+    FieldValueError,
+    MalformedError,
+    MissingFieldError,
+    NonCanonicalError,
+    OversizeError,
+    UnknownFieldError,
+)
+
+R = TypeVar("R", bound="Record")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def pack(obj: Any) -> bytes:
+    """Encode plain msgpack values; maps keep their insertion order."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _pairs(pairs: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    return pairs
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise FieldTypeError(f"msgpack extension type {code} is not allowed")
+
+
+def unpack(data: bytes, *, max_size: int) -> Any:
+    """Decode msgpack strictly into plain values; maps become lists of (key, value) pairs.
+
+    Keeping maps as pairs lets the schema layer see key order and duplicates.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise FieldTypeError("expected bytes")
+    if len(data) > max_size:
+        raise OversizeError(f"{len(data)} bytes exceeds the limit of {max_size}")
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            object_pairs_hook=_pairs,
+            ext_hook=_no_ext,
+            max_str_len=max_size,
+            max_bin_len=max_size,
+            max_array_len=max_size,
+            max_map_len=max_size,
+        )
+    except DecodeError:
+        raise
+    except msgpack.ExtraData as exc:
+        raise MalformedError(f"{len(exc.extra)} trailing bytes after the value") from None
+    except UnicodeDecodeError:
+        raise FieldValueError("a string is not valid UTF-8") from None
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        raise MalformedError(f"not valid msgpack: {exc}") from None
+
+
+# ---------------------------------------------------------------- field specs
+
+
+class Spec:
+    """How one field is checked, decoded from plain values and encoded to them."""
+
+    def check(self, value: Any, path: str) -> None:
+        raise NotImplementedError
+
+    def decode(self, value: Any, path: str) -> Any:
+        self.check(value, path)
+        return value
+
+    def encode(self, value: Any) -> Any:
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Int(Spec):
+    lo: int = 0
+    hi: int = 2**63 - 1
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not int:
+            raise FieldTypeError(f"expected an integer, got {_kind(value)}", field=path)
+        if not self.lo <= value <= self.hi:
+            raise FieldValueError(f"{value} is outside [{self.lo}, {self.hi}]", field=path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bool(Spec):
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not bool:
+            raise FieldTypeError(f"expected a boolean, got {_kind(value)}", field=path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Text(Spec):
+    max_len: int = 256
+    pattern: str | None = None
+    choices: frozenset[str] | None = None
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not str:
+            raise FieldTypeError(f"expected a string, got {_kind(value)}", field=path)
+        if not value:
+            raise FieldValueError("must not be empty", field=path)
+        if len(value.encode()) > self.max_len:
+            raise OversizeError(f"longer than {self.max_len} bytes", field=path)
+        if _CONTROL.search(value):
+            raise FieldValueError("contains a control character", field=path)
+        if not unicodedata.is_normalized("NFC", value):
+            raise FieldValueError("is not NFC-normalised", field=path)
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(sorted(self.choices))
+            raise FieldValueError(f"{value!r} is not one of: {allowed}", field=path)
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise FieldValueError(f"{value!r} does not match {self.pattern}", field=path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bin(Spec):
+    size: int | None = None
+    max_len: int = 256
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not bytes:
+            raise FieldTypeError(f"expected bytes, got {_kind(value)}", field=path)
+        if self.size is not None and len(value) != self.size:
+            raise FieldValueError(f"expected {self.size} bytes, got {len(value)}", field=path)
+        if len(value) > self.max_len:
+            raise OversizeError(f"longer than {self.max_len} bytes", field=path)
+
+
+@dataclasses.dataclass(frozen=True)
+class SortedSet(Spec):
+    """A list standing for a set: canonical only when strictly ascending."""
+
+    item: Spec
+    max_items: int = 32
+    min_items: int = 1
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not tuple:
+            raise FieldTypeError(f"expected a tuple, got {_kind(value)}", field=path)
+        self._check_items(value, path)
+
+    def _check_items(self, items: Sequence[Any], path: str) -> None:
+        if not self.min_items <= len(items) <= self.max_items:
+            raise FieldValueError(
+                f"needs {self.min_items} to {self.max_items} items, got {len(items)}", field=path
+            )
+        for i, item in enumerate(items):
+            self.item.check(item, f"{path}[{i}]")
+        for i in range(1, len(items)):
+            if not items[i - 1] < items[i]:
+                raise NonCanonicalError("items must be unique and sorted ascending", field=path)
+
+    def decode(self, value: Any, path: str) -> Any:
+        if type(value) is not list:
+            raise FieldTypeError(f"expected an array, got {_kind(value)}", field=path)
+        items = tuple(self.item.decode(v, f"{path}[{i}]") for i, v in enumerate(value))
+        self._check_items(items, path)
+        return items
+
+    def encode(self, value: Any) -> Any:
+        return [self.item.encode(v) for v in value]
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq(Spec):
+    """An ordered list of items."""
+
+    item: Spec
+    max_items: int = 64
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not tuple:
+            raise FieldTypeError(f"expected a tuple, got {_kind(value)}", field=path)
+        if len(value) > self.max_items:
+            raise OversizeError(f"more than {self.max_items} items", field=path)
+        for i, item in enumerate(value):
+            self.item.check(item, f"{path}[{i}]")
+
+    def decode(self, value: Any, path: str) -> Any:
+        if type(value) is not list:
+            raise FieldTypeError(f"expected an array, got {_kind(value)}", field=path)
+        if len(value) > self.max_items:
+            raise OversizeError(f"more than {self.max_items} items", field=path)
+        return tuple(self.item.decode(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+    def encode(self, value: Any) -> Any:
+        return [self.item.encode(v) for v in value]
+
+
+@dataclasses.dataclass(frozen=True)
+class Nested(Spec):
+    record: type[Record]
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not self.record:
+            raise FieldTypeError(f"expected {self.record.__name__}", field=path)
+
+    def decode(self, value: Any, path: str) -> Any:
+        return decode_map(self.record, value, path)
+
+    def encode(self, value: Any) -> Any:
+        return value.to_wire()
+
+
+def spec(s: Spec, **kwargs: Any) -> Any:
+    """A dataclass field carrying its wire spec."""
+    return dataclasses.field(metadata={"spec": s}, **kwargs)
+
+
+def optional(s: Spec) -> Any:
+    return dataclasses.field(default=None, metadata={"spec": s, "optional": True})
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True)
+class _FieldInfo:
+    name: str
+    spec: Spec
+    optional: bool
+
+
+class Record:
+    """Base of every canonically encoded record: a frozen dataclass of specced fields.
+
+    Subclasses may define `validate()` for rules across fields; it runs on construction,
+    so a record that exists is a valid record, whether built in code or decoded.
+    """
+
+    MAX_SIZE: ClassVar[int] = 16 * 1024
+    _fields: ClassVar[tuple[_FieldInfo, ...]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._fields = ()
+
+    def __post_init__(self) -> None:
+        for f in _fields_of(type(self)):
+            value = getattr(self, f.name)
+            if value is None:
+                if not f.optional:
+                    raise MissingFieldError("is required", field=f.name)
+                continue
+            f.spec.check(value, f.name)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field rules; raise FieldValueError naming the field."""
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in _fields_of(type(self)):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = f.spec.encode(value)
+        return out
+
+    def encode(self) -> bytes:
+        return pack(self.to_wire())
+
+    @classmethod
+    def decode(cls: type[R], data: bytes) -> R:
+        record = decode_map(cls, unpack(data, max_size=cls.MAX_SIZE), "")
+        again = record.encode()
+        if again != bytes(data):
+            at = next((i for i, (a, b) in enumerate(zip(again, data, strict=False)) if a != b),
+                      min(len(again), len(data)))
+            raise NonCanonicalError(f"not the canonical encoding (first difference at byte {at})")
+        return record
+
+
+def _fields_of(cls: type[Record]) -> tuple[_FieldInfo, ...]:
+    cached = cls.__dict__.get("_fields")
+    if cached:
+        return cached
+    infos = tuple(
+        _FieldInfo(f.name, f.metadata["spec"], bool(f.metadata.get("optional")))
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if "spec" in f.metadata
+    )
+    cls._fields = infos
+    return infos
+
+
+def decode_map(cls: type[R], value: Any, path: str) -> R:
+    """Build a record from decoded pairs, checking keys in schema order."""
+    if type(value) is not list or (value and type(value[0]) is not tuple):
+        raise FieldTypeError(f"expected a map, got {_kind(value)}", field=path or None)
+    pairs: list[tuple[Any, Any]] = value
+    seen: dict[str, int] = {}
+    for pos, (key, _) in enumerate(pairs):
+        if type(key) is not str:
+            raise FieldTypeError("map keys must be strings", field=path or None)
+        if key in seen:
+            raise DuplicateKeyError("duplicate key", field=_join(path, key))
+        seen[key] = pos
+    kwargs: dict[str, Any] = {}
+    last = -1
+    for f in _fields_of(cls):
+        where = _join(path, f.name)
+        pos = seen.pop(f.name, None)
+        if pos is None:
+            if not f.optional:
+                raise MissingFieldError("is required", field=where)
+            continue
+        if pos < last:
+            raise NonCanonicalError("key out of order", field=where)
+        last = pos
+        kwargs[f.name] = f.spec.decode(pairs[pos][1], where)
+    if seen:
+        raise UnknownFieldError("unknown field", field=_join(path, next(iter(seen))))
+    try:
+        return cls(**kwargs)
+    except DecodeError as exc:
+        if path and exc.field is not None:
+            raise type(exc)(exc.reason, field=_join(path, exc.field)) from None
+        raise
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], tuple):
+        return "map"
+    return {
+        bool: "boolean", int: "integer", float: "float", str: "string", bytes: "bytes",
+        list: "array", tuple: "array", type(None): "nil",
+    }.get(type(value), type(value).__name__)
