@@ -122,22 +122,29 @@ class Text(Spec):
     max_len: int = 256
     pattern: str | None = None
     choices: frozenset[str] | None = None
+    _regex: re.Pattern[str] | None = dataclasses.field(default=None, init=False, repr=False,
+                                                       compare=False)
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            object.__setattr__(self, "_regex", re.compile(self.pattern))
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not str:
             raise FieldTypeError(f"expected a string, got {_kind(value)}", field=path)
         if not value:
             raise FieldValueError("must not be empty", field=path)
-        if len(value.encode()) > self.max_len:
+        ascii_only = value.isascii()  # ASCII is NFC and one byte a character: skip both checks
+        if (len(value) if ascii_only else len(value.encode())) > self.max_len:
             raise OversizeError(f"longer than {self.max_len} bytes", field=path)
         if _CONTROL.search(value):
             raise FieldValueError("contains a control character", field=path)
-        if not unicodedata.is_normalized("NFC", value):
+        if not ascii_only and not unicodedata.is_normalized("NFC", value):
             raise FieldValueError("is not NFC-normalised", field=path)
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(sorted(self.choices))
             raise FieldValueError(f"{value!r} is not one of: {allowed}", field=path)
-        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+        if self._regex is not None and not self._regex.fullmatch(value):
             raise FieldValueError(f"{value!r} does not match {self.pattern}", field=path)
 
 
@@ -248,6 +255,7 @@ class _FieldInfo:
     name: str
     spec: Spec
     optional: bool
+    converts: bool  # False where the wire form is the value itself
 
 
 class Record:
@@ -282,7 +290,7 @@ class Record:
         for f in _fields_of(type(self)):
             value = getattr(self, f.name)
             if value is not None:
-                out[f.name] = f.spec.encode(value)
+                out[f.name] = f.spec.encode(value) if f.converts else value
         return out
 
     def encode(self) -> bytes:
@@ -304,7 +312,8 @@ def _fields_of(cls: type[Record]) -> tuple[_FieldInfo, ...]:
     if cached:
         return cached
     infos = tuple(
-        _FieldInfo(f.name, f.metadata["spec"], bool(f.metadata.get("optional")))
+        _FieldInfo(f.name, f.metadata["spec"], bool(f.metadata.get("optional")),
+                   type(f.metadata["spec"]).encode is not Spec.encode)
         for f in dataclasses.fields(cls)  # type: ignore[arg-type]
         if "spec" in f.metadata
     )
@@ -312,11 +321,37 @@ def _fields_of(cls: type[Record]) -> tuple[_FieldInfo, ...]:
     return infos
 
 
+_MISSING = object()
+
+
 def decode_map(cls: type[R], value: Any, path: str) -> R:
     """Build a record from decoded pairs, checking keys in schema order."""
     if type(value) is not list or (value and type(value[0]) is not tuple):
         raise FieldTypeError(f"expected a map, got {_kind(value)}", field=path or None)
-    pairs: list[tuple[Any, Any]] = value
+    fields = _fields_of(cls)
+    present = dict(value)
+    if len(present) != len(value) or list(present) != [
+            f.name for f in fields if f.name in present]:
+        _diagnose_keys(fields, value, path)
+    kwargs: dict[str, Any] = {}
+    for f in fields:
+        item = present.get(f.name, _MISSING)
+        if item is _MISSING:
+            if not f.optional:
+                raise MissingFieldError("is required", field=_join(path, f.name))
+            continue
+        kwargs[f.name] = f.spec.decode(item, f"{path}.{f.name}" if path else f.name)
+    try:
+        return _build(cls, kwargs)
+    except DecodeError as exc:
+        if path and exc.field is not None:
+            raise type(exc)(exc.reason, field=_join(path, exc.field)) from None
+        raise
+
+
+def _diagnose_keys(fields: tuple[_FieldInfo, ...], pairs: list[tuple[Any, Any]],
+                   path: str) -> None:
+    """Name the first key that is not a string, repeated, unknown or out of order."""
     seen: dict[str, int] = {}
     for pos, (key, _) in enumerate(pairs):
         if type(key) is not str:
@@ -324,27 +359,30 @@ def decode_map(cls: type[R], value: Any, path: str) -> R:
         if key in seen:
             raise DuplicateKeyError("duplicate key", field=_join(path, key))
         seen[key] = pos
-    kwargs: dict[str, Any] = {}
+    known = {f.name for f in fields}
+    for key in seen:
+        if key not in known:
+            raise UnknownFieldError("unknown field", field=_join(path, key))
     last = -1
+    for f in fields:
+        pos = seen.get(f.name)
+        if pos is not None:
+            if pos < last:
+                raise NonCanonicalError("key out of order", field=_join(path, f.name))
+            last = pos
+
+
+def _build(cls: type[R], checked: dict[str, Any]) -> R:
+    """Construct a record from fields the decoder has already checked one by one.
+
+    Skips the per-field checks of __post_init__ (decoding would otherwise run every
+    check twice) but still runs the cross-field rules.
+    """
+    record = cls.__new__(cls)
     for f in _fields_of(cls):
-        where = _join(path, f.name)
-        pos = seen.pop(f.name, None)
-        if pos is None:
-            if not f.optional:
-                raise MissingFieldError("is required", field=where)
-            continue
-        if pos < last:
-            raise NonCanonicalError("key out of order", field=where)
-        last = pos
-        kwargs[f.name] = f.spec.decode(pairs[pos][1], where)
-    if seen:
-        raise UnknownFieldError("unknown field", field=_join(path, next(iter(seen))))
-    try:
-        return cls(**kwargs)
-    except DecodeError as exc:
-        if path and exc.field is not None:
-            raise type(exc)(exc.reason, field=_join(path, exc.field)) from None
-        raise
+        object.__setattr__(record, f.name, checked.get(f.name))
+    record.validate()
+    return record
 
 
 def _join(path: str, key: str) -> str:

@@ -17,6 +17,7 @@ unknown fields, so an old verifier cannot silently skip what it does not underst
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 from typing import Any, ClassVar
@@ -76,10 +77,15 @@ def event_hash(event_bytes: bytes) -> bytes:
     return hashlib.sha256(event_bytes).digest()
 
 
+@functools.lru_cache(maxsize=4096)
+def _vocabulary(dpv: str, controller: str) -> re.Pattern[str]:
+    return re.compile(f"{dpv}|{re.escape(controller)}:{_TERM}")
+
+
 def _check_namespaced(terms: tuple[str, ...], dpv: str, controller: str, field: str) -> None:
-    own = re.escape(controller) + ":" + _TERM
+    vocabulary = _vocabulary(dpv, controller)
     for i, term in enumerate(terms):
-        if not (re.fullmatch(dpv, term) or re.fullmatch(own, term)):
+        if not vocabulary.fullmatch(term):
             raise FieldValueError(
                 f"{term!r} is neither a DPV term nor in the controller's namespace "
                 f"'{controller}:'",
