@@ -127,24 +127,33 @@ class Text(Spec):
 
     def __post_init__(self) -> None:
         if self.pattern is not None:
+            # The fast path in check() relies on every pattern admitting printable
+            # ASCII only (character classes like [a-z] or [!-~], never . or [^...]).
             object.__setattr__(self, "_regex", re.compile(self.pattern))
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not str:
             raise FieldTypeError(f"expected a string, got {_kind(value)}", field=path)
+        # Fast paths: a closed set, or a pattern over printable ASCII (which excludes
+        # control characters and is trivially NFC) decide in one C-level call.
+        if self.choices is not None:
+            if value not in self.choices:
+                allowed = ", ".join(sorted(self.choices))
+                raise FieldValueError(f"{value!r} is not one of: {allowed}", field=path)
+            return
+        if self._regex is not None and len(value) <= self.max_len \
+                and self._regex.fullmatch(value):
+            return
         if not value:
             raise FieldValueError("must not be empty", field=path)
-        ascii_only = value.isascii()  # ASCII is NFC and one byte a character: skip both checks
+        ascii_only = value.isascii()  # ASCII is NFC and one byte a character
         if (len(value) if ascii_only else len(value.encode())) > self.max_len:
             raise OversizeError(f"longer than {self.max_len} bytes", field=path)
         if _CONTROL.search(value):
             raise FieldValueError("contains a control character", field=path)
         if not ascii_only and not unicodedata.is_normalized("NFC", value):
             raise FieldValueError("is not NFC-normalised", field=path)
-        if self.choices is not None and value not in self.choices:
-            allowed = ", ".join(sorted(self.choices))
-            raise FieldValueError(f"{value!r} is not one of: {allowed}", field=path)
-        if self._regex is not None and not self._regex.fullmatch(value):
+        if self._regex is not None:
             raise FieldValueError(f"{value!r} does not match {self.pattern}", field=path)
 
 

@@ -53,8 +53,8 @@ _DPV_DATA = r"pd:[A-Z][A-Za-z0-9]{0,63}"
 _LEGAL_BASIS = r"(?:dpv:[A-Z][A-Za-z0-9]{0,63}|eu-gdpr:A[0-9]+(?:-[0-9a-z]+){0,3})"
 _JURISDICTION = r"[A-Z]{2}(?:-[A-Z0-9]{1,3})?"
 _LANGUAGE = r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,3}"
-_URL = r"https://[^\s]{1,2040}"
-_ORIGIN = r"[^\s+]{1,255}"
+_URL = r"https://[!-~]{1,2040}"
+_ORIGIN = r"[!-*,-~]{1,255}"
 
 COLLECTION_METHODS = frozenset(
     {"web-form", "mobile-app", "paper-form", "verbal", "email", "api", "in-person", "other"}
