@@ -243,10 +243,11 @@ def load_public_key(raw: bytes) -> Ed25519PublicKey:
         raise MalformedNoteError("not an Ed25519 public key") from None
 
 
-def parse_signer_key(skey: str) -> tuple[str, Ed25519PrivateKey]:
-    """Parse Go's `PRIVATE+KEY+name+<hex id>+<base64(0x01 || seed)>` into name and key.
+def parse_signer_key(skey: str) -> tuple[str, int, Ed25519PrivateKey]:
+    """Parse `PRIVATE+KEY+name+<hex id>+<base64(type || seed)>` into name, type and key.
 
-    The ID is the public key's, so it is checked after deriving the public key.
+    The type is 0x01 (Go's format) or 0x04 (a cosigner's key, as transparency-dev
+    writes them). The ID is the public key's, so it is checked after deriving that.
     """
     if not skey.startswith(_PRIVATE_PREFIX):
         raise MalformedNoteError("signer key does not start with PRIVATE+KEY+")
@@ -254,16 +255,16 @@ def parse_signer_key(skey: str) -> tuple[str, Ed25519PrivateKey]:
     if len(parts) != 3:
         raise MalformedNoteError("signer key is not PRIVATE+KEY+name+id+key")
     name, key_type, seed, kid = _parse_key_parts(*parts, what="signer key")
-    if key_type != ALG_ED25519:
-        raise MalformedNoteError("signer key is not an Ed25519 (0x01) key")
     private = Ed25519PrivateKey.from_private_bytes(seed)
-    if key_id(name, ALG_ED25519, raw_public_key(private.public_key())) != kid:
+    if key_id(name, key_type, raw_public_key(private.public_key())) != kid:
         raise MalformedNoteError("signer key ID does not match the key")
-    return name, private
+    return name, key_type, private
 
 
 def new_signer(skey: str) -> Ed25519Signer:
-    name, private = parse_signer_key(skey)
+    name, key_type, private = parse_signer_key(skey)
+    if key_type != ALG_ED25519:
+        raise MalformedNoteError("signer key is not an Ed25519 (0x01) key")
     return Ed25519Signer.from_private_key(name, private)
 
 
