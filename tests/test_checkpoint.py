@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,6 +25,8 @@ from ledger.note import (
     Signature,
     format_note,
     is_valid_name,
+    new_signer,
+    new_verifier,
     sign_note,
     split_note,
 )
@@ -171,3 +174,13 @@ def test_bad_log_signature() -> None:
 def test_signed_text_that_is_not_a_checkpoint() -> None:
     with pytest.raises(MalformedCheckpointError):
         open_checkpoint(sign_note("example.com/log\n01\n" + ROOT_B64 + "\n", LOG), LOG_V)
+
+
+def test_go_signed_checkpoint() -> None:
+    # Signed by Go's note.Sign; see tests/data/notes/README.md.
+    data = Path(__file__).parent / "data" / "notes"
+    skey, vkey = (data / "go-golog.keys").read_text().split()
+    msg = (data / "go-checkpoint.note").read_bytes()
+    cp, _ = open_checkpoint(msg, new_verifier(vkey), origin="example.com/golog")
+    assert cp == Checkpoint("example.com/golog", 42, ROOT)
+    assert sign_checkpoint(cp, new_signer(skey)) == msg

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
@@ -236,3 +238,14 @@ def test_add_cosignatures_caps_the_total() -> None:
     many = [CosignatureSigner.from_private_key(f"w{i}.example", W_KEY).at(1) for i in range(100)]
     with pytest.raises(MalformedNoteError, match="more than 100"):
         add_cosignatures(logged, _cosig_lines(*many))
+
+
+def test_cosigned_checkpoint_that_go_checked() -> None:
+    # Signed here, verified by Go; see tests/data/notes/README.md.
+    data = Path(__file__).parent / "data" / "notes"
+    log_vkey, witness_vkey = (data / "py-cosigned-checkpoint.keys").read_text().split()
+    witness = new_cosignature_verifier(witness_vkey)
+    msg = (data / "py-cosigned-checkpoint.note").read_bytes()
+    cp, note = open_checkpoint(msg, new_verifier(log_vkey), cosigners=[witness])
+    assert (cp.origin, cp.size) == ("example.com/pylog", 123456)
+    assert witness.timestamp(note.signatures[1]) == 0x6B0BA52B

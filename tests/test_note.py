@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -396,3 +397,16 @@ def test_arbitrary_keys_only_raise_note_errors(key: str) -> None:
 def test_b64_sanity() -> None:
     # Guards the fixtures above: Go's expected signature is 4 + 64 bytes.
     assert len(base64.b64decode(PETER_SIG.split()[-1])) == 68
+
+
+# ---- Made by Go (see tests/data/notes/README.md) ----------------------------------------
+
+DATA = Path(__file__).parent / "data" / "notes"
+
+
+def test_go_signed_note_opens_and_signing_here_gives_the_same_bytes() -> None:
+    skey, vkey = (DATA / "go-golog.keys").read_text().split()
+    msg = (DATA / "go-text.note").read_bytes()
+    n = open_note(msg, [new_verifier(vkey)])
+    assert n.text == "Signed by Go.\n\nLast line — with an em dash.\n"
+    assert sign_note(n.text, new_signer(skey)) == msg
