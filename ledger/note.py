@@ -432,7 +432,7 @@ def format_note(text: str, signatures: Sequence[Signature]) -> bytes:
 
 def sign_note(text: str, signers: Signer | Sequence[Signer]) -> bytes:
     """Sign `text` (which must end in a newline) with each signer, in order."""
-    group: Sequence[Signer] = [signers] if _is_signer(signers) else signers  # type: ignore[list-item]
+    group = list(signers) if isinstance(signers, Sequence) else [signers]
     if len({(s.name, s.key_id) for s in group}) != len(group):
         raise NoteError("two signers share a name and key ID")
     for s in group:
@@ -442,7 +442,3 @@ def sign_note(text: str, signers: Signer | Sequence[Signer]) -> bytes:
         raise MalformedNoteError("note text does not end in a newline")
     signed = _check_text(text)
     return format_note(text, [Signature(s.name, s.key_id, s.sign(signed)) for s in group])
-
-
-def _is_signer(obj: object) -> bool:
-    return hasattr(obj, "sign") and hasattr(obj, "key_id")
