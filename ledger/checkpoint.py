@@ -123,7 +123,7 @@ def open_checkpoint(
     note = open_note(msg, [log, *cosigners])
     if not any((s.name, s.key_id) == (log.name, log.key_id) for s in note.signatures):
         err = UnverifiedNoteError(f"checkpoint is not signed by log key {log.name}")
-        err.note = note  # type: ignore[attr-defined]
+        err.note = note
         raise err
     checkpoint = parse_checkpoint(note.text)
     if checkpoint.origin != log.name:

@@ -73,11 +73,15 @@ class MalformedNoteError(NoteError):
 
 
 class InvalidSignatureError(NoteError):
-    """A known key's signature does not verify."""
+    """A known key's signature does not verify; `signature` is the offending line."""
+
+    signature: object = None
 
 
 class UnverifiedNoteError(NoteError):
-    """A note carries no valid signature by any known key."""
+    """A note carries no valid signature by any known key; `note` is what was parsed."""
+
+    note: object = None
 
 
 class SignatureError(LedgerError):

@@ -404,13 +404,13 @@ def open_note(msg: bytes, verifiers: Verifiers | Iterable[Verifier]) -> Note:
         seen.add((sig.name, sig.key_id))
         if not v.verify(signed, sig.signature):
             err = InvalidSignatureError(f"invalid signature for key {sig.name}+{sig.key_id:08x}")
-            err.signature = sig  # type: ignore[attr-defined]
+            err.signature = sig
             raise err
         verified.append(sig)
     note = Note(text, tuple(verified), tuple(unverified))
     if not verified:
         unverified_err = UnverifiedNoteError("note has no verifiable signatures")
-        unverified_err.note = note  # type: ignore[attr-defined]
+        unverified_err.note = note
         raise unverified_err
     return note
 
