@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import msgpack
@@ -30,6 +30,7 @@ from ledger.errors import (
     OversizeError,
     UnknownFieldError,
 )
+from ledger.fastdecode import compile_decoder, compile_to_wire
 
 R = TypeVar("R", bound="Record")
 
@@ -97,11 +98,22 @@ class Spec:
     def encode(self, value: Any) -> Any:
         return value
 
+    def fast_test(self, var: str, prefix: str, ns: dict[str, Any]) -> str | None:
+        """A Python expression over `var` that is True only for valid values (or None).
+
+        Used by the compiled decoders (fastdecode.py); constants go into `ns` under
+        names starting with `prefix`.
+        """
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class Int(Spec):
     lo: int = 0
     hi: int = 2**63 - 1
+
+    def fast_test(self, var: str, prefix: str, ns: dict[str, Any]) -> str | None:
+        return f"type({var}) is int and {self.lo} <= {var} <= {self.hi}"
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not int:
@@ -112,6 +124,9 @@ class Int(Spec):
 
 @dataclasses.dataclass(frozen=True)
 class Bool(Spec):
+    def fast_test(self, var: str, prefix: str, ns: dict[str, Any]) -> str | None:
+        return f"type({var}) is bool"
+
     def check(self, value: Any, path: str) -> None:
         if type(value) is not bool:
             raise FieldTypeError(f"expected a boolean, got {_kind(value)}", field=path)
@@ -124,6 +139,18 @@ class Text(Spec):
     choices: frozenset[str] | None = None
     _regex: re.Pattern[str] | None = dataclasses.field(default=None, init=False, repr=False,
                                                        compare=False)
+
+    def fast_test(self, var: str, prefix: str, ns: dict[str, Any]) -> str | None:
+        if self.choices is not None:
+            ns[prefix + "choices"] = self.choices
+            return f"type({var}) is str and {var} in {prefix}choices"
+        if self._regex is not None:
+            ns[prefix + "regex"] = self._regex
+            return (f"type({var}) is str and len({var}) <= {self.max_len} "
+                    f"and {prefix}regex.fullmatch({var}) is not None")
+        ns["_CONTROL"] = _CONTROL
+        return (f"type({var}) is str and 0 < len({var}) <= {self.max_len} "
+                f"and {var}.isascii() and _CONTROL.search({var}) is None")
 
     def __post_init__(self) -> None:
         if self.pattern is not None:
@@ -162,6 +189,11 @@ class Bin(Spec):
     size: int | None = None
     max_len: int = 256
 
+    def fast_test(self, var: str, prefix: str, ns: dict[str, Any]) -> str | None:
+        if self.size is not None:
+            return f"type({var}) is bytes and len({var}) == {self.size}"
+        return f"type({var}) is bytes and len({var}) <= {self.max_len}"
+
     def check(self, value: Any, path: str) -> None:
         if type(value) is not bytes:
             raise FieldTypeError(f"expected bytes, got {_kind(value)}", field=path)
@@ -198,8 +230,19 @@ class SortedSet(Spec):
     def decode(self, value: Any, path: str) -> Any:
         if type(value) is not list:
             raise FieldTypeError(f"expected an array, got {_kind(value)}", field=path)
-        items = tuple(self.item.decode(v, f"{path}[{i}]") for i, v in enumerate(value))
-        self._check_items(items, path)
+        items = tuple(value)
+        if not self.min_items <= len(items) <= self.max_items:
+            raise FieldValueError(
+                f"needs {self.min_items} to {self.max_items} items, got {len(items)}", field=path
+            )
+        check = self.item.check
+        for i, item in enumerate(items):
+            try:
+                check(item, path)
+            except DecodeError as exc:
+                raise type(exc)(exc.reason, field=f"{path}[{i}]") from None
+            if i and not items[i - 1] < item:
+                raise NonCanonicalError("items must be unique and sorted ascending", field=path)
         return items
 
     def encode(self, value: Any) -> Any:
@@ -241,7 +284,7 @@ class Nested(Spec):
             raise FieldTypeError(f"expected {self.record.__name__}", field=path)
 
     def decode(self, value: Any, path: str) -> Any:
-        return decode_map(self.record, value, path)
+        return decoder_of(self.record)(value, path)
 
     def encode(self, value: Any) -> Any:
         return value.to_wire()
@@ -294,20 +337,22 @@ class Record:
     def validate(self) -> None:
         """Cross-field rules; raise FieldValueError naming the field."""
 
+    WIRE_HEAD: ClassVar[dict[str, Any]] = {}  # constant leading pairs, e.g. an event's kind
+
     def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in _fields_of(type(self)):
-            value = getattr(self, f.name)
-            if value is not None:
-                out[f.name] = f.spec.encode(value) if f.converts else value
-        return out
+        cls = type(self)
+        encoder = cls.__dict__.get("_to_wire")
+        if encoder is None:
+            encoder = compile_to_wire(cls, _fields_of(cls), cls.WIRE_HEAD)
+            cls._to_wire = encoder  # type: ignore[attr-defined]
+        return encoder(self)  # type: ignore[no-any-return]
 
     def encode(self) -> bytes:
         return pack(self.to_wire())
 
     @classmethod
     def decode(cls: type[R], data: bytes) -> R:
-        record = decode_map(cls, unpack(data, max_size=cls.MAX_SIZE), "")
+        record = decoder_of(cls)(unpack(data, max_size=cls.MAX_SIZE), "")
         again = record.encode()
         if again != bytes(data):
             at = next((i for i, (a, b) in enumerate(zip(again, data, strict=False)) if a != b),
@@ -353,9 +398,7 @@ def decode_map(cls: type[R], value: Any, path: str) -> R:
     try:
         return _build(cls, kwargs)
     except DecodeError as exc:
-        if path and exc.field is not None:
-            raise type(exc)(exc.reason, field=_join(path, exc.field)) from None
-        raise
+        raise _rewrap(exc, path) from None
 
 
 def _diagnose_keys(fields: tuple[_FieldInfo, ...], pairs: list[tuple[Any, Any]],
@@ -392,6 +435,24 @@ def _build(cls: type[R], checked: dict[str, Any]) -> R:
         object.__setattr__(record, f.name, checked.get(f.name))
     record.validate()
     return record
+
+
+def _rewrap(exc: DecodeError, path: str) -> DecodeError:
+    """The same error, its field prefixed by where the record sits."""
+    if path and exc.field is not None:
+        return type(exc)(exc.reason, field=_join(path, exc.field))
+    return exc
+
+
+def decoder_of(cls: type[R]) -> Callable[[Any, str], R]:
+    """The compiled decoder of a record class (built on first use)."""
+    decoder = cls.__dict__.get("_decoder")
+    if decoder is None:
+        decoder = compile_decoder(cls, _fields_of(cls), {
+            "_slow": decode_map, "_rewrap": _rewrap, "_join": _join, "_MISSING": _MISSING,
+            "MissingFieldError": MissingFieldError, "DecodeError": DecodeError})
+        cls._decoder = decoder  # type: ignore[attr-defined]
+    return decoder  # type: ignore[no-any-return]
 
 
 def _join(path: str, key: str) -> str:

@@ -29,7 +29,7 @@ from ledger.codec import (
     Record,
     SortedSet,
     Text,
-    decode_map,
+    decoder_of,
     optional,
     pack,
     spec,
@@ -41,6 +41,7 @@ from ledger.errors import (
     FieldValueError,
     MalformedError,
     NonCanonicalError,
+    UnknownFieldError,
 )
 
 MAX_EVENT_SIZE = 8 * 1024
@@ -99,8 +100,10 @@ class Event(Record):
     KIND: ClassVar[str]
     MAX_SIZE: ClassVar[int] = MAX_EVENT_SIZE
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": self.KIND, **super().to_wire()}
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "KIND" in cls.__dict__:
+            cls.WIRE_HEAD = {"kind": cls.KIND}
 
     @classmethod
     def decode(cls, data: bytes) -> Event:  # type: ignore[override]
@@ -245,9 +248,12 @@ def decode_event(data: bytes) -> Event:
     if type(kind) is not str or kind not in EVENT_KINDS:
         raise FieldValueError(f"unknown event kind {kind!r}", field="kind")
     cls = EVENT_KINDS[kind]
-    if any(k == "kind" for k, _ in value[1:]):
-        raise DuplicateKeyError("duplicate key", field="kind")
-    event = decode_map(cls, value[1:], "")
+    try:
+        event = decoder_of(cls)(value[1:], "")
+    except UnknownFieldError as exc:
+        if exc.field == "kind":  # a second "kind" key
+            raise DuplicateKeyError("duplicate key", field="kind") from None
+        raise
     again = pack(event.to_wire())
     if again != bytes(data):
         raise NonCanonicalError("not the canonical encoding of this event")
