@@ -311,3 +311,32 @@ def test_revoke_names_exactly_one_target() -> None:
 def test_event_hash_is_sha256_of_bytes() -> None:
     g = grant()
     assert g.hash() == hashlib.sha256(g.encode()).digest()
+
+
+def _decode_both(data: bytes) -> tuple[object, object]:
+    """The compiled decoder's verdict and the generic one's, as (value or error type)."""
+    from ledger.codec import decode_map, decoder_of, unpack
+    from ledger.events import EVENT_KINDS
+
+    def run(decode: object) -> object:
+        try:
+            value = unpack(data, max_size=1 << 16)
+            if type(value) is not list or not value or type(value[0]) is not tuple \
+                    or value[0][1] not in EVENT_KINDS:
+                return "not an event"
+            cls = EVENT_KINDS[value[0][1]]
+            return decode(cls, value[1:], "")  # type: ignore[operator]
+        except DecodeError as exc:
+            return (type(exc), exc.field)
+
+    return run(lambda c, v, p: decoder_of(c)(v, p)), run(decode_map)
+
+
+@given(st.data())
+def test_compiled_decoder_agrees_with_the_generic_one(data: st.DataObject) -> None:
+    original = bytearray(data.draw(st.sampled_from(every_kind())).encode())
+    for _ in range(data.draw(st.integers(0, 3))):
+        pos = data.draw(st.integers(0, len(original) - 1))
+        original[pos] = data.draw(st.integers(0, 255))
+    fast, generic = _decode_both(bytes(original))
+    assert fast == generic
