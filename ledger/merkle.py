@@ -172,9 +172,9 @@ def prove_consistency(size1: int, size2: int, read: HashReader) -> list[bytes]:
 
 
 def _check_hashes(proof: Sequence[bytes], what: str, err: type[ProofError]) -> None:
-    for i, h in enumerate(proof):
-        if len(h) != HASH_SIZE:
-            raise err(f"{what}: proof hash {i} is {len(h)} bytes, not {HASH_SIZE}")
+    if proof and set(map(len, proof)) != {HASH_SIZE}:  # the C-speed check first
+        i, n = next((i, len(h)) for i, h in enumerate(proof) if len(h) != HASH_SIZE)
+        raise err(f"{what}: proof hash {i} is {n} bytes, not {HASH_SIZE}")
 
 
 def root_from_inclusion_proof(
@@ -200,12 +200,10 @@ def root_from_inclusion_proof(
     sha = _sha256
     node = _NODE
     h = leaf_hash
-    i = 0
-    for i in range(inner):
-        if (index >> i) & 1:
-            h = sha(node + proof[i] + h).digest()
-        else:
-            h = sha(node + h + proof[i]).digest()
+    bits = index
+    for p in proof[:inner]:
+        h = sha(node + p + h).digest() if bits & 1 else sha(node + h + p).digest()
+        bits >>= 1
     for p in proof[inner:]:
         h = sha(node + p + h).digest()
     return h
