@@ -37,13 +37,12 @@ from ledger.entry import LogEntry
 from ledger.errors import LedgerError, ProofError
 from ledger.note import new_verifier
 from ledger.signed import SignedEvent
-from ledger.tiles import TileId, format_tile_path, parse_entry_bundle
+from ledger.tiles import TILE_WIDTH, TileId, entry_tile_for, format_tile_path, parse_entry_bundle
 
 T = TypeVar("T")
 
 MAX_REPLY = 8 * 1024 * 1024
 MAX_TILE = 256 * (2 + 65_535)  # a full entry bundle of maximal entries
-TILE_WIDTH = 256
 HASH_SIZE = 32
 
 
@@ -99,7 +98,6 @@ class LogClient:
         self._max_retries = max_retries
         self._max_retry_after = max_retry_after
         self._reads = asyncio.Semaphore(max_parallel_reads)
-        self._observe_lock = asyncio.Lock()
         self.latest: VerifiedCheckpoint | None = None
         """The largest checkpoint seen; every other one seen was proven consistent with it."""
 
@@ -155,8 +153,9 @@ class LogClient:
         await self._observe(cp)
         claims = [self._claim(r, s, cp) for r, s in zip(reply["results"], events, strict=True)]
         accepted = [(i, c) for i, c in enumerate(claims) if not isinstance(c, Rejected)]
-        entries = await self._entries({c[0] for _, c in accepted}, cp)
-        proofs = await asyncio.gather(*(self._inclusion(c[0], c[1], cp) for _, c in accepted))
+        entries, *proofs = await asyncio.gather(
+            self._entries({c[0] for _, c in accepted}, cp),
+            *(self._inclusion(c[0], c[1], cp) for _, c in accepted))
         results: list[SubmitResult] = []
         proof_of = {i: p for (i, _), p in zip(accepted, proofs, strict=True)}
         for i, claim in enumerate(claims):
@@ -253,17 +252,27 @@ class LogClient:
         return VerifiedCheckpoint(cp, note)
 
     async def _observe(self, cp: VerifiedCheckpoint) -> None:
-        # Serialised, so that every checkpoint is compared with the one true latest.
-        async with self._observe_lock:
+        """Prove `cp` consistent with the latest checkpoint, which it may then become.
+
+        Lock-free, so concurrent submissions fetch their proofs in parallel: if another
+        checkpoint became the latest while this one was being checked, this one is
+        checked again against that one. Every checkpoint seen thus lies on one chain of
+        proven prefixes (consistency is transitive), and a fork cannot slip between two
+        concurrent checks.
+        """
+        while True:
             latest = self.latest
             if latest is None:
                 self.latest = cp
-            elif cp.size >= latest.size:
-                if cp.note != latest.note:
-                    await self.consistency(latest, cp)
-                self.latest = cp
-            else:
+                return
+            if cp.size <= latest.size:
+                # A proven prefix of the latest stays one of any later latest.
                 await self.consistency(cp, latest)
+                return
+            await self.consistency(latest, cp)
+            if self.latest is latest:
+                self.latest = cp
+                return
 
     def _claim(self, result: Any, signed: SignedEvent, cp: VerifiedCheckpoint
                ) -> tuple[int, bytes, bool] | Rejected:
@@ -319,25 +328,25 @@ class LogClient:
 
     async def _entries(self, indices: set[int], cp: VerifiedCheckpoint) -> dict[int, bytes]:
         """The raw entries at `indices`, read from the entry bundles `cp` implies."""
-        tiles = sorted({i // TILE_WIDTH for i in indices})
 
-        async def bundle(n: int) -> tuple[int, list[bytes]]:
-            width = min(TILE_WIDTH, cp.size - n * TILE_WIDTH)
-            path = "/" + format_tile_path(TileId("entries", n, width))
+        async def bundle(tile: TileId) -> tuple[TileId, list[bytes]]:
+            path = "/" + format_tile_path(tile)
             data = await self._request("GET", path, self._read_tile)
             try:
-                entries = list(parse_entry_bundle(data))
+                entries = parse_entry_bundle(data)
             except LedgerError as exc:
                 raise ReplyError(f"{path}: not an entry bundle: {exc}") from None
-            if len(entries) != width:
-                raise ReplyError(f"{path} holds {len(entries)} entries, not {width}")
-            return n, entries
+            if len(entries) != tile.width:
+                raise ReplyError(f"{path} holds {len(entries)} entries, not {tile.width}")
+            return tile, entries
 
+        tiles = {entry_tile_for(i, cp.size) for i in indices}
         out: dict[int, bytes] = {}
-        for n, entries in await asyncio.gather(*(bundle(n) for n in tiles)):
-            for j, raw in enumerate(entries):
-                if n * TILE_WIDTH + j in indices:
-                    out[n * TILE_WIDTH + j] = raw
+        for tile, entries in await asyncio.gather(*(bundle(t) for t in tiles)):
+            first = tile.index * TILE_WIDTH
+            for i in indices:
+                if first <= i < first + tile.width:
+                    out[i] = entries[i - first]
         return out
 
     # ---------------------------------------------------------------- HTTP
@@ -372,7 +381,7 @@ class LogClient:
                     if resp.status != 503 or last:
                         raise ProblemError.from_json(await _json_or_text(resp), resp.status)
                     delay = self._retry_after(resp.headers.get("Retry-After"), attempt)
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 if last:
                     raise NodeUnavailableError(
                         f"{method} {url}: {exc or type(exc).__name__}") from None

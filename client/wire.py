@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from ledger.codec import decode_map, pack, unpack
+from ledger.codec import decoder_of, pack, unpack
 from ledger.commitment import TOKEN_SIZE
 from ledger.errors import (
     DecodeError,
@@ -211,7 +211,7 @@ def _envelope(value: Any, path: str) -> SignedEvent:
         if key not in _ENVELOPE_FIELDS:
             raise UnknownFieldError("unknown field", field=_join(path, key))
     try:
-        return decode_map(SignedEvent, value, "")
+        return decoder_of(SignedEvent)(value, "")
     except DecodeError as exc:
         raise _attributed(exc, path) from None
 
