@@ -37,6 +37,6 @@ def grant(**changes: Any) -> Grant:
 
 def revoke(**changes: Any) -> Revoke:
     fields: dict[str, Any] = dict(
-        controller=CONTROLLER, by="subject", revoked_at=T0 + DAY, grant=bytes(range(32)))
+        controller=CONTROLLER, by="subject", revoked_at=T0 + 1_000, grant=bytes(range(32)))
     fields.update(changes)
     return Revoke(**fields)

@@ -1,0 +1,309 @@
+"""The consent state machine: which entries may follow, and what they mean.
+
+`LedgerState` is the replicated state machine of the log. It is fed entries in order
+and decides, deterministically from the entries alone, whether each one is admissible:
+the operator's key from the genesis entry, the controller keys the operator registered,
+rotated and retired, the grants and what has withdrawn them. A sequencer asks it before
+appending; a follower or an auditor replays the same checks on every entry, so nobody
+has to trust the node that wrote the log.
+
+The checks that need the signature's cryptography are separate (`signer_key` then
+`ledger.signed.verify_signature`), so that a node can run them on other cores before
+the sequential part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterator
+
+from ledger.commitment import token_matches
+from ledger.entry import GENESIS_PREV, LogEntry
+from ledger.errors import RejectedError
+from ledger.events import (
+    ControllerRegister,
+    ControllerRetire,
+    ControllerRotate,
+    Event,
+    Genesis,
+    Grant,
+    Revoke,
+)
+from ledger.signed import SignedEvent, key_id, verify_signature
+
+
+class ConsentStatus(enum.StrEnum):
+    """W3C DPV consent status terms."""
+
+    GIVEN = "ConsentGiven"
+    WITHDRAWN = "ConsentWithdrawn"  # by the person
+    REVOKED = "ConsentRevoked"  # by the controller
+    EXPIRED = "ConsentExpired"
+    UNKNOWN = "ConsentUnknown"  # never granted
+
+
+@dataclasses.dataclass
+class KeyState:
+    controller: str | None  # None: the operator's key
+    public_key: bytes
+    registered_at: int  # entry index
+    retired_at: int | None = None
+
+
+@dataclasses.dataclass
+class GrantState:
+    index: int
+    controller: str
+    subject: bytes
+    purposes: tuple[str, ...]
+    valid_until: int
+    token_hash: bytes
+    revoked_at: int | None = None  # entry index of the revocation that named this grant
+
+
+@dataclasses.dataclass(frozen=True)
+class PurposeStatus:
+    """The latest event for one (controller, subject, purpose)."""
+
+    index: int  # entry index of that event
+    grant: bytes  # event hash of the grant it concerns
+    valid_until: int
+    withdrawn_by: str | None  # None while granted; "subject" or "controller" once withdrawn
+
+    def status(self, now_ms: int) -> ConsentStatus:
+        if self.withdrawn_by == "subject":
+            return ConsentStatus.WITHDRAWN
+        if self.withdrawn_by == "controller":
+            return ConsentStatus.REVOKED
+        return ConsentStatus.GIVEN if now_ms < self.valid_until else ConsentStatus.EXPIRED
+
+
+def claimed_time(event: Event) -> int:
+    """When the signer says the event happened."""
+    match event:
+        case Genesis():
+            return event.created_at
+        case ControllerRegister():
+            return event.registered_at
+        case ControllerRotate():
+            return event.rotated_at
+        case ControllerRetire():
+            return event.retired_at
+        case Grant():
+            return event.consented_at
+        case Revoke():
+            return event.revoked_at
+    raise TypeError(type(event).__name__)
+
+
+class LedgerState:
+    def __init__(self) -> None:
+        self.size = 0
+        self.prev = GENESIS_PREV
+        self.origin: str | None = None
+        self.operator_key_id: bytes | None = None
+        self.max_skew_ms = 0
+        self.keys: dict[bytes, KeyState] = {}
+        self.controllers: dict[str, ControllerRegister] = {}
+        self.grants: dict[bytes, GrantState] = {}
+        self.statuses: dict[tuple[str, bytes, str], PurposeStatus] = {}
+        self._ids: dict[bytes, int] = {}
+
+    # ---------------------------------------------------------------- queries
+
+    def index_of(self, event_id: bytes) -> int | None:
+        """The index of an event already in the log, by its event hash."""
+        return self._ids.get(event_id)
+
+    def status(self, controller: str, subject: bytes, purpose: str,
+               now_ms: int) -> tuple[ConsentStatus, PurposeStatus | None]:
+        latest = self.statuses.get((controller, subject, purpose))
+        if latest is None:
+            return ConsentStatus.UNKNOWN, None
+        return latest.status(now_ms), latest
+
+    def active_keys(self, controller: str) -> Iterator[bytes]:
+        for kid, k in self.keys.items():
+            if k.controller == controller and k.retired_at is None:
+                yield kid
+
+    def signer_key(self, signed: SignedEvent) -> bytes | None:
+        """The public key the envelope must be verified against (None for a token)."""
+        if signed.token is not None:
+            return None
+        body = signed.body
+        if self.size == 0 and isinstance(body, Genesis):
+            return body.operator_key
+        assert signed.signer is not None  # SignedEvent.validate guarantees it
+        key = self.keys.get(signed.signer)
+        if key is None:
+            raise RejectedError("unknown-key", f"key {signed.signer.hex()} is not registered")
+        return key.public_key
+
+    # ---------------------------------------------------------------- admission
+
+    def check(self, signed: SignedEvent, log_time: int) -> None:
+        """Every admission rule except the signature's cryptography."""
+        body = signed.body
+        if self.size == 0:
+            if not isinstance(body, Genesis):
+                raise RejectedError("no-genesis", "the first entry must be the genesis event")
+            if signed.signer != key_id(body.operator_key):
+                raise RejectedError("not-operator", "genesis must be signed by its operator key")
+            return
+        if isinstance(body, Genesis):
+            raise RejectedError("genesis-exists", "this log already has its genesis entry")
+        skew = abs(claimed_time(body) - log_time)
+        if skew > self.max_skew_ms:
+            raise RejectedError(
+                "clock-skew",
+                f"the event's time is {skew} ms from the log's clock "
+                f"(at most {self.max_skew_ms} ms allowed)")
+        if isinstance(body, ControllerRegister | ControllerRotate | ControllerRetire):
+            self._check_admin(signed, body)
+        elif signed.token is not None:
+            assert isinstance(body, Revoke) and body.grant is not None
+            grant = self._revocable_grant(body)
+            if not token_matches(signed.token, grant.token_hash):
+                raise RejectedError("bad-token", "the token does not match this grant")
+        else:
+            assert isinstance(body, Grant | Revoke)
+            self._check_controller_key(signed, body.controller)
+            if isinstance(body, Revoke):
+                self._check_revocable(body)
+
+    def _check_admin(self, signed: SignedEvent,
+                     body: ControllerRegister | ControllerRotate | ControllerRetire) -> None:
+        if signed.signer != self.operator_key_id:
+            raise RejectedError("not-operator", f"{body.KIND} must be signed by the operator")
+        new_key = body.key if isinstance(body, ControllerRegister | ControllerRotate) else None
+        if new_key is not None and key_id(new_key) in self.keys:
+            raise RejectedError("duplicate-key", "this key is already registered")
+        if isinstance(body, ControllerRotate | ControllerRetire):
+            kid = body.old_key_id if isinstance(body, ControllerRotate) else body.key_id
+            key = self.keys.get(kid)
+            if key is None or key.controller != body.controller:
+                raise RejectedError("unknown-key",
+                                    f"{body.controller} has no key {kid.hex()}")
+            if key.retired_at is not None:
+                raise RejectedError("key-retired", f"key {kid.hex()} is already retired")
+
+    def _check_controller_key(self, signed: SignedEvent, controller: str) -> None:
+        assert signed.signer is not None
+        key = self.keys.get(signed.signer)
+        if key is None:
+            raise RejectedError("unknown-key", f"key {signed.signer.hex()} is not registered")
+        if key.controller != controller:
+            raise RejectedError("wrong-controller",
+                                f"key {signed.signer.hex()} does not belong to {controller}")
+        if key.retired_at is not None:
+            raise RejectedError("key-retired",
+                                f"key {signed.signer.hex()} was retired at entry {key.retired_at}")
+
+    def _revocable_grant(self, body: Revoke) -> GrantState:
+        assert body.grant is not None
+        grant = self.grants.get(body.grant)
+        if grant is None or grant.controller != body.controller:
+            raise RejectedError("unknown-grant",
+                                f"{body.controller} has no grant {body.grant.hex()}")
+        if grant.revoked_at is not None:
+            raise RejectedError("already-revoked",
+                                f"grant {body.grant.hex()} was revoked at entry {grant.revoked_at}")
+        return grant
+
+    def _check_revocable(self, body: Revoke) -> None:
+        if body.grant is not None:
+            self._revocable_grant(body)
+            return
+        assert body.subject is not None and body.purposes is not None
+        for purpose in body.purposes:
+            latest = self.statuses.get((body.controller, body.subject, purpose))
+            if latest is not None and latest.withdrawn_by is None:
+                return
+        raise RejectedError("nothing-to-revoke",
+                            "no consent of that subject for those purposes is in force")
+
+    # ---------------------------------------------------------------- appending
+
+    def admit(self, signed: SignedEvent, log_time: int, *, signature_verified: bool) -> LogEntry:
+        """Check an event, append it as the next entry and return that entry.
+
+        `signature_verified` says the caller already verified the envelope against
+        `signer_key(signed)`; otherwise it is verified here.
+        """
+        self.check(signed, log_time)
+        if not signature_verified:
+            self.verify(signed)
+        entry = LogEntry(index=self.size, time=log_time, prev=self.prev, signed=signed)
+        self._apply(entry)
+        return entry
+
+    def verify(self, signed: SignedEvent) -> None:
+        key = self.signer_key(signed)
+        if key is not None:
+            verify_signature(signed, key)
+
+    def replay(self, entry: LogEntry, *, verify_signatures: bool = True) -> None:
+        """Apply an entry someone else sequenced, checking everything it claims."""
+        if entry.index != self.size:
+            raise RejectedError("bad-index", f"entry {entry.index} arrived at size {self.size}")
+        if entry.prev != self.prev:
+            raise RejectedError(
+                "broken-chain",
+                f"entry {entry.index} does not link to entry {entry.index - 1}: it names "
+                f"{entry.prev.hex()[:16]}…, entry {entry.index - 1} hashes to "
+                f"{self.prev.hex()[:16]}… (one of the two was altered)")
+        self.check(entry.signed, entry.time)
+        if verify_signatures:
+            self.verify(entry.signed)
+        self._apply(entry)
+
+    def _apply(self, entry: LogEntry) -> None:
+        signed, index = entry.signed, entry.index
+        body = signed.body
+        match body:
+            case Genesis():
+                self.origin = body.origin
+                self.operator_key_id = key_id(body.operator_key)
+                self.max_skew_ms = body.max_skew_ms
+                self.keys[self.operator_key_id] = KeyState(None, body.operator_key, index)
+            case ControllerRegister():
+                self.controllers[body.controller] = body
+                self.keys[key_id(body.key)] = KeyState(body.controller, body.key, index)
+            case ControllerRotate():
+                self.keys[body.old_key_id].retired_at = index
+                self.keys[key_id(body.key)] = KeyState(body.controller, body.key, index)
+            case ControllerRetire():
+                self.keys[body.key_id].retired_at = index
+            case Grant():
+                gid = signed.id
+                self.grants[gid] = GrantState(index, body.controller, body.subject,
+                                              body.purposes, body.valid_until, body.token_hash)
+                for purpose in body.purposes:
+                    self.statuses[(body.controller, body.subject, purpose)] = PurposeStatus(
+                        index, gid, body.valid_until, None)
+            case Revoke():
+                self._apply_revoke(body, index)
+        self._ids[signed.id] = index
+        self.size = index + 1
+        self.prev = entry.leaf_hash
+
+    def _apply_revoke(self, body: Revoke, index: int) -> None:
+        if body.grant is not None:
+            grant = self.grants[body.grant]
+            grant.revoked_at = index
+            keys = [(grant.controller, grant.subject, p) for p in grant.purposes]
+            only_grant: bytes | None = body.grant
+        else:
+            assert body.subject is not None and body.purposes is not None
+            keys = [(body.controller, body.subject, p) for p in body.purposes]
+            only_grant = None
+        for key in keys:
+            latest = self.statuses.get(key)
+            if latest is None or latest.withdrawn_by is not None:
+                continue
+            # A newer grant for the same purpose is not withdrawn by revoking an older one.
+            if only_grant is not None and latest.grant != only_grant:
+                continue
+            self.statuses[key] = dataclasses.replace(latest, index=index, withdrawn_by=body.by)
