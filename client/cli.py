@@ -1,0 +1,28 @@
+"""The client-side commands of `consent-ledger` (the node's own live in node/cli.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = """usage: consent-ledger COMMAND [options]
+
+commands:
+  node      run a ledger node                       (consent-ledger node --help)
+  up        run a node on loopback with the demo    (consent-ledger up --help)
+  demo      drive the demo workload into a log      (consent-ledger demo --help)
+"""
+
+
+def main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command, rest = argv[0], list(argv[1:])
+    if command == "demo":
+        from client.demo import demo_main
+
+        return demo_main(rest)
+    print(f"consent-ledger: error: unknown command {command!r} (see consent-ledger --help)",
+          file=sys.stderr)
+    return 2

@@ -1,0 +1,261 @@
+"""HTTP handlers: the write endpoint, the tlog-tiles read API, JSON lookups and proofs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from client.wire import decode_body, decode_json_body
+from ledger.errors import DecodeError, RejectedError
+from ledger.signed import SignedEvent
+from ledger.tiles import encode_entry_bundle, parse_tile_path
+from node.problems import ProblemResponse, problem_of, raise_problem
+from node.runtime import RUNTIME, NodeRuntime
+from node.sequencer import Accepted, OverloadedError, UnavailableError
+
+MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack",
+                           "application/vnd.msgpack"})
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _runtime(request: web.Request) -> NodeRuntime:
+    return request.app[RUNTIME]
+
+
+# ---------------------------------------------------------------- writes
+
+
+async def post_events(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    if request.content_length is not None and request.content_length > rt.config.max_body_bytes:
+        raise_problem("too-large", f"the body is {request.content_length} bytes; "
+                      f"at most {rt.config.max_body_bytes} are accepted")
+    items, single = await _read_events(request, rt)
+    verdicts = await rt.verifier.verify(rt.state, items)
+    outcomes: list[Accepted | RejectedError | None] = [
+        v if isinstance(v, RejectedError) else None for v in verdicts]
+    todo = [(i, (items[i], bool(v))) for i, v in enumerate(verdicts)
+            if not isinstance(v, RejectedError)]
+    try:
+        futures = rt.sequencer.submit([pair for _, pair in todo]) if todo else []
+    except OverloadedError as exc:
+        raise_problem("overloaded", str(exc), headers={"Retry-After": str(exc.retry_after)})
+    except UnavailableError as exc:
+        raise_problem("unavailable", str(exc), headers={"Retry-After": "5"})
+    try:
+        done = await asyncio.gather(*futures)
+    except UnavailableError as exc:
+        raise_problem("unavailable", str(exc), headers={"Retry-After": "5"})
+    for (i, _), outcome in zip(todo, done, strict=True):
+        outcomes[i] = outcome
+    results = [_result(o) for o in outcomes]
+    rt.metrics.rejected += sum(1 for o in outcomes if isinstance(o, RejectedError))
+    checkpoint = rt.sequencer.checkpoint.decode()
+    if single:
+        result = results[0]
+        if "problem" in result:
+            raise ProblemResponse(result["problem"])
+        return web.json_response({**result, "checkpoint": checkpoint})
+    return web.json_response({"results": results, "checkpoint": checkpoint})
+
+
+def _result(outcome: Accepted | RejectedError | None) -> dict[str, Any]:
+    if isinstance(outcome, Accepted):
+        return {"index": outcome.index, "event_id": b64(outcome.event_id),
+                "leaf_hash": b64(outcome.leaf_hash), "duplicate": outcome.duplicate}
+    assert outcome is not None
+    return {"problem": problem_of(outcome)}
+
+
+async def _read_events(request: web.Request, rt: NodeRuntime) -> tuple[list[SignedEvent], bool]:
+    media = request.content_type
+    if media not in MSGPACK_TYPES and media != "application/json":
+        raise_problem("unsupported-media-type",
+                      f"send application/msgpack or application/json, not {media!r}")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise_problem("too-large", f"at most {rt.config.max_body_bytes} bytes are accepted")
+    try:
+        if media == "application/json":
+            decoded = decode_json_body(body, max_items=rt.config.max_batch_items)
+        else:
+            decoded = decode_body(body, max_items=rt.config.max_batch_items)
+    except DecodeError as exc:
+        raise ProblemResponse(problem_of(exc)) from None
+    if isinstance(decoded, SignedEvent):
+        return [decoded], True
+    return list(decoded), False
+
+
+# ---------------------------------------------------------------- tlog-tiles reads
+
+
+async def get_checkpoint(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    return web.Response(body=rt.sequencer.checkpoint, content_type="text/plain",
+                        charset="utf-8", headers={"Cache-Control": "no-cache"})
+
+
+async def get_tile(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    path = request.match_info["path"]
+    try:
+        tile = parse_tile_path("tile/" + path)
+    except DecodeError as exc:
+        raise_problem("not-found", f"not a tile path: {exc}")
+    size = rt.sequencer.committed_size
+    if tile.level == "entries":
+        available = min(256, size - tile.index * 256)
+        if tile.width > available:
+            raise_problem("not-found", f"entry tile {path} is beyond the log's size {size}")
+        start = tile.index * 256
+        body = encode_entry_bundle(await rt.storage.entry_data(start, start + tile.width))
+    else:
+        assert isinstance(tile.level, int)
+        available = min(256, (size >> (8 * tile.level)) - tile.index * 256)
+        if tile.width > available:
+            raise_problem("not-found", f"tile {path} is beyond the log's size {size}")
+        body = rt.tree.tile_hashes(tile.level, tile.index, tile.width)
+    # A tile's first W hashes (or entries) never change, so partial tiles are as
+    # cacheable as full ones: a client asks for the width its checkpoint implies.
+    return web.Response(body=body, content_type="application/octet-stream",
+                        headers={"Cache-Control": IMMUTABLE})
+
+
+# ---------------------------------------------------------------- JSON lookups and proofs
+
+
+def _decimal(request: web.Request, name: str) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        raise_problem("out-of-range", f"the query parameter {name!r} is required")
+    if not _DECIMAL.fullmatch(raw):
+        raise_problem("out-of-range", f"{name}={raw!r} is not a canonical decimal number")
+    return int(raw)
+
+
+def _hash_param(raw: str, name: str) -> bytes:
+    try:
+        if re.fullmatch(r"[0-9a-f]{64}", raw):
+            return bytes.fromhex(raw)
+        value = base64.b64decode(raw.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        value = b""
+    if len(value) != 32:
+        raise_problem("out-of-range", f"{name} must be a 32-byte hash in hex or base64")
+    return value
+
+
+async def _entry_response(rt: NodeRuntime, index: int) -> web.Response:
+    if index >= rt.sequencer.committed_size:
+        raise_problem("not-found", f"no entry {index}; the log has "
+                      f"{rt.sequencer.committed_size} entries")
+    (data,) = await rt.storage.entry_data(index, index + 1)
+    return web.json_response({"index": index, "leaf_hash": b64(rt.tree.hash_at(0, index)),
+                              "entry": b64(data)})
+
+
+async def get_entry(request: web.Request) -> web.Response:
+    raw = request.match_info["index"]
+    if not _DECIMAL.fullmatch(raw):
+        raise_problem("out-of-range", f"{raw!r} is not an entry index")
+    return await _entry_response(_runtime(request), int(raw))
+
+
+async def find_entry(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    raw = request.query.get("leaf_hash")
+    if raw is None:
+        raise_problem("out-of-range", "give ?leaf_hash=<hex or base64>")
+    index = await rt.storage.index_by_leaf(_hash_param(raw, "leaf_hash"))
+    if index is None:
+        raise_problem("not-found", "no entry has that leaf hash")
+    return await _entry_response(rt, index)
+
+
+async def get_event(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    index = await rt.storage.index_by_event(_hash_param(request.match_info["event_id"],
+                                                        "event_id"))
+    if index is None:
+        raise_problem("not-found", "no entry holds that event")
+    return await _entry_response(rt, index)
+
+
+async def get_inclusion(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    index, size = _decimal(request, "index"), _decimal(request, "size")
+    if not index < size <= rt.sequencer.committed_size:
+        raise_problem("out-of-range", f"need index < size <= {rt.sequencer.committed_size}")
+    proof = rt.tree.inclusion_proof(index, size)
+    return web.json_response({"index": index, "size": size, "proof": [b64(h) for h in proof]})
+
+
+async def get_consistency(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    old, new = _decimal(request, "from"), _decimal(request, "to")
+    if not 0 < old <= new <= rt.sequencer.committed_size:
+        raise_problem("out-of-range", f"need 0 < from <= to <= {rt.sequencer.committed_size}")
+    proof = rt.tree.consistency_proof(old, new)
+    return web.json_response({"from": old, "to": new, "proof": [b64(h) for h in proof]})
+
+
+async def get_keys(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    return web.json_response({"origin": rt.origin, "log": rt.log_vkey,
+                              "operator": b64(rt.operator_public), "cosigners": []})
+
+
+# ---------------------------------------------------------------- operations
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    if not rt.sequencer.healthy:
+        raise_problem("unavailable", "the sequencer has stopped after a storage failure")
+    return web.json_response({"status": "ready", "size": rt.sequencer.committed_size})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    return web.Response(text=rt.metrics.render(), content_type="text/plain",
+                        headers={"Cache-Control": "no-store"})
+
+
+_OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_OPENAPI.read_bytes(), content_type="application/yaml")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/openapi.yaml", openapi)
+    app.router.add_post("/v1/events", post_events)
+    app.router.add_get("/checkpoint", get_checkpoint)
+    app.router.add_get("/tile/{path:.+}", get_tile)
+    app.router.add_get("/v1/entries/{index}", get_entry)
+    app.router.add_get("/v1/entries", find_entry)
+    app.router.add_get("/v1/events/{event_id}", get_event)
+    app.router.add_get("/v1/proofs/inclusion", get_inclusion)
+    app.router.add_get("/v1/proofs/consistency", get_consistency)
+    app.router.add_get("/v1/keys", get_keys)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

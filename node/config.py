@@ -1,0 +1,104 @@
+"""The node's configuration: one frozen value, validated once.
+
+Sources, later ones winning: built-in defaults (loopback, safe limits), a TOML file
+(`--config`), environment variables `CONSENT_LEDGER_<FIELD>` and command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message is one readable line."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    origin: str | None = None  # fixed at genesis; default: a random name under consent-ledger.local
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch_items: int = 1000
+    max_queue: int = 20_000
+    max_commit_entries: int = 4096
+    max_skew_ms: int = 10 * 60 * 1000
+    verify_threads: int = max(2, os.cpu_count() or 2)
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is not in 0..65535")
+        for name in ("max_body_bytes", "max_batch_items", "max_queue", "max_commit_entries",
+                     "verify_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.max_skew_ms < 0:
+            raise ConfigError("max_skew_ms must not be negative")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level {self.log_level!r} is not debug|info|warning|error")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite"
+
+    @property
+    def log_key_path(self) -> Path:
+        return self.data_dir / "log.key"
+
+    @property
+    def operator_key_path(self) -> Path:
+        return self.data_dir / "operator.key"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _FIELDS[name].type
+    try:
+        if kind == "Path":
+            return Path(value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {kind}, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def load_config(*, file: Path | None = None, env: Mapping[str, str] | None = None,
+                **flags: Any) -> NodeConfig:
+    """Merge file, environment and flags (flags whose value is None are ignored)."""
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            raw = tomllib.loads(file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file} is not valid TOML: {exc}") from None
+        node = raw.get("node", raw)
+        for key, value in node.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{file}: unknown setting {key!r}")
+            values[key] = value
+        if "data_dir" in values and not Path(values["data_dir"]).is_absolute():
+            values["data_dir"] = file.parent / values["data_dir"]
+    for name in _FIELDS:
+        env_value = (env if env is not None else os.environ).get(f"CONSENT_LEDGER_{name.upper()}")
+        if env_value is not None:
+            values[name] = env_value
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if "data_dir" not in values:
+        raise ConfigError("no data directory: pass --data DIR (or data_dir in the config file)")
+    return NodeConfig(**{k: _coerce(k, v) for k, v in values.items()})

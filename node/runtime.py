@@ -1,0 +1,115 @@
+"""The running node's parts, opened in order and closed in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from client.keys import generate_key_file, load_private_key
+from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from ledger.events import Genesis
+from ledger.note import ALG_ED25519, Ed25519Signer, format_verifier_key, new_verifier
+from ledger.signed import public_bytes, sign_event
+from ledger.state import LedgerState
+from ledger.tree import MerkleTree
+from node.config import ConfigError, NodeConfig
+from node.metrics import Metrics
+from node.recovery import recover
+from node.sequencer import Sequencer
+from node.storage import Storage
+from node.verifier import SignatureVerifier
+
+log = logging.getLogger("consent_ledger.node")
+
+
+@dataclasses.dataclass
+class NodeRuntime:
+    config: NodeConfig
+    origin: str
+    log_vkey: str
+    operator_public: bytes
+    storage: Storage
+    state: LedgerState
+    tree: MerkleTree
+    sequencer: Sequencer
+    verifier: SignatureVerifier
+    metrics: Metrics
+
+
+RUNTIME = web.AppKey("runtime", NodeRuntime)
+
+
+def _key(path: os.PathLike[str]) -> Ed25519PrivateKey:
+    if not os.path.exists(path):
+        generate_key_file(path)
+        log.info("created key", extra={"path": str(path)})
+    return load_private_key(path)
+
+
+async def _origin(storage: Storage, config: NodeConfig) -> str:
+    stored = await storage.get_meta("origin")
+    if stored is not None:
+        if config.origin is not None and config.origin != stored.decode():
+            raise ConfigError(f"this log's origin is {stored.decode()!r}; "
+                              f"it cannot become {config.origin!r}")
+        return stored.decode()
+    origin = config.origin or f"consent-ledger.local/{os.urandom(4).hex()}"
+    await storage.set_meta("origin", origin.encode())
+    return origin
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
+    """Open storage, verify it, start the sequencer; on exit, finish the batch in flight."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    log_key = _key(config.log_key_path)
+    operator_key = _key(config.operator_key_path)
+    storage = await Storage.open(config.db_path)
+    verifier = SignatureVerifier(config.verify_threads)
+    try:
+        origin = await _origin(storage, config)
+        signer = Ed25519Signer.from_private_key(origin, log_key)
+        log_vkey = format_verifier_key(origin, ALG_ED25519, public_bytes(log_key))
+        verifier_of_log = new_verifier(log_vkey)
+
+        def open_note(note: bytes) -> Checkpoint:
+            return open_checkpoint(note, verifier_of_log)[0]
+
+        state, tree, checkpoint = await recover(storage, open_note)
+        metrics = Metrics(tree_size=tree.size)
+        sequencer = Sequencer(
+            storage=storage, state=state, tree=tree,
+            sign_checkpoint=lambda cp: sign_checkpoint(cp, signer),
+            origin=origin,
+            checkpoint=checkpoint or sign_checkpoint(Checkpoint(origin, 0, tree.root()), signer),
+            metrics=metrics, max_queue=config.max_queue,
+            max_commit_entries=config.max_commit_entries,
+        )
+        task = asyncio.create_task(sequencer.run(), name="sequencer")
+        try:
+            if state.size == 0:
+                genesis = Genesis(origin=origin, operator_key=public_bytes(operator_key),
+                                  created_at=time.time_ns() // 1_000_000,
+                                  max_skew_ms=config.max_skew_ms)
+                (future,) = sequencer.submit([(sign_event(genesis, operator_key), False)])
+                await future
+                log.info("created log", extra={"origin": origin})
+            yield NodeRuntime(config, origin, log_vkey, public_bytes(operator_key), storage,
+                              state, tree, sequencer, verifier, metrics)
+        finally:
+            await sequencer.drain()
+            try:
+                await asyncio.wait_for(task, timeout=30)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+    finally:
+        verifier.close()
+        await storage.close()

@@ -1,0 +1,192 @@
+"""The sequencer: admits events in order and group-commits them with a checkpoint.
+
+Submissions wait in a bounded queue; one task drains it, runs the state machine's
+checks on each event in order, appends the admitted ones to the tree, signs one
+checkpoint for the whole batch and commits everything in one SQLite transaction. Only
+then are the submitters' futures resolved: an acknowledged event is on disk, and the
+reply carries a signed checkpoint that covers it (publication latency = one commit).
+
+While one batch commits, the next one fills: batching grows with load by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from ledger.checkpoint import Checkpoint
+from ledger.errors import OversizeError, RejectedError, SignatureError
+from ledger.signed import SignedEvent
+from ledger.state import LedgerState
+from ledger.tree import MerkleTree
+from node.metrics import Metrics
+from node.storage import Storage, TileRow
+
+log = logging.getLogger("consent_ledger.sequencer")
+
+
+class OverloadedError(Exception):
+    """The queue is full; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"the write queue is full; retry in {retry_after} s")
+
+
+class UnavailableError(Exception):
+    """The node cannot sequence (storage failed, or it is shutting down)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    index: int
+    event_id: bytes
+    leaf_hash: bytes
+    duplicate: bool
+
+
+Outcome = Accepted | RejectedError
+
+
+@dataclasses.dataclass
+class _Pending:
+    signed: SignedEvent
+    verified: bool
+    future: asyncio.Future[Outcome]
+    queued_at: float
+
+
+class Sequencer:
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        state: LedgerState,
+        tree: MerkleTree,
+        sign_checkpoint: Callable[[Checkpoint], bytes],
+        origin: str,
+        checkpoint: bytes,
+        metrics: Metrics,
+        max_queue: int,
+        max_commit_entries: int,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self._storage = storage
+        self._state = state
+        self._tree = tree
+        self._sign_checkpoint = sign_checkpoint
+        self._origin = origin
+        self._metrics = metrics
+        self._max_queue = max_queue
+        self._max_commit = max_commit_entries
+        self._clock_ms = clock_ms
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._failed: BaseException | None = None
+        self.committed_size = tree.size
+        self.checkpoint = checkpoint
+        self._last_time = 0
+
+    # ---------------------------------------------------------------- submitting
+
+    def submit(self, items: Sequence[tuple[SignedEvent, bool]]) -> list[asyncio.Future[Outcome]]:
+        """Queue (event, signature already verified) pairs; futures resolve once durable."""
+        if self._failed is not None or self._closing:
+            raise UnavailableError("the node is not accepting writes")
+        if len(self._queue) + len(items) > self._max_queue:
+            self._metrics.overloaded += 1
+            raise OverloadedError(retry_after=1)
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        futures = []
+        for signed, verified in items:
+            fut: asyncio.Future[Outcome] = loop.create_future()
+            self._queue.append(_Pending(signed, verified, fut, now))
+            futures.append(fut)
+        self._metrics.queue_depth = len(self._queue)
+        self._wakeup.set()
+        return futures
+
+    @property
+    def healthy(self) -> bool:
+        return self._failed is None
+
+    # ---------------------------------------------------------------- the loop
+
+    async def run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._sequence_one_batch()
+        except asyncio.CancelledError:
+            self._fail_pending(UnavailableError("the node is shutting down"))
+            raise
+        except BaseException as exc:
+            # State is now ahead of disk: stop taking writes; a restart recovers from disk.
+            log.exception("sequencer stopped: storage failure")
+            self._failed = exc
+            self._fail_pending(UnavailableError(f"storage failure: {exc}"))
+
+    async def drain(self) -> None:
+        """Stop taking new writes; the caller then awaits run() to finish the queue."""
+        self._closing = True
+        self._wakeup.set()
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(exc)
+
+    async def _sequence_one_batch(self) -> None:
+        state, tree = self._state, self._tree
+        old_size = tree.size
+        now = max(self._clock_ms(), self._last_time)
+        self._last_time = now
+        taken: list[tuple[_Pending, Outcome]] = []
+        rows: list[tuple[int, bytes, bytes, bytes]] = []
+        while self._queue and len(rows) < self._max_commit:
+            p = self._queue.popleft()
+            outcome: Outcome
+            existing = state.index_of(p.signed.id)
+            if existing is not None:
+                outcome = Accepted(existing, p.signed.id, tree.hash_at(0, existing), True)
+            else:
+                try:
+                    entry = state.admit(p.signed, now, signature_verified=p.verified)
+                except RejectedError as exc:
+                    outcome = exc
+                except SignatureError as exc:
+                    outcome = RejectedError("bad-signature", str(exc))
+                except OversizeError as exc:
+                    outcome = RejectedError("too-large", str(exc))
+                else:
+                    tree.append(entry.leaf_hash)
+                    rows.append((entry.index, p.signed.id, entry.leaf_hash, entry.encoded))
+                    outcome = Accepted(entry.index, p.signed.id, entry.leaf_hash, False)
+            taken.append((p, outcome))
+        self._metrics.queue_depth = len(self._queue)
+        if rows:
+            started = time.perf_counter()
+            note = self._sign_checkpoint(Checkpoint(self._origin, tree.size, tree.root()))
+            tiles = [TileRow(t.level, t.index, tree.tile_hashes(t.level, t.index, t.width))
+                     for t in tree.tiles_touched(old_size, tree.size)]
+            await self._storage.commit_batch(rows, tiles, tree.size, note)
+            self.committed_size = tree.size
+            self.checkpoint = note
+            self._metrics.observe_commit(len(rows), time.perf_counter() - started, tree.size)
+        done = time.perf_counter()
+        for p, outcome in taken:
+            self._metrics.observe_latency(done - p.queued_at)
+            if not p.future.done():
+                p.future.set_result(outcome)

@@ -1,0 +1,162 @@
+"""Durable storage on SQLite (through aiosqlite): entries, tiles, checkpoints.
+
+One transaction per sequenced batch holds the batch's entries, every tile it touched
+and the checkpoint that covers it; WAL with synchronous=FULL makes COMMIT wait for
+fsync, so nothing is acknowledged before it is on disk and a crash leaves either the
+whole batch or none of it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    idx INTEGER PRIMARY KEY,
+    event_id BLOB NOT NULL UNIQUE,
+    leaf BLOB NOT NULL UNIQUE,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tiles (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hashes BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note BLOB NOT NULL);
+"""
+
+
+class StorageError(Exception):
+    """The database cannot be used: unreadable, torn, or inconsistent with itself."""
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    index: int
+    leaf: bytes
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TileRow:
+    level: int
+    index: int
+    hashes: bytes
+
+
+class Storage:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> Storage:
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            result = await (await db.execute("PRAGMA quick_check")).fetchone()
+            if result is None or result[0] != "ok":
+                raise StorageError(f"{path}: SQLite integrity check failed: {result}")
+            await db.executescript(_SCHEMA)
+            storage = cls(db)
+            version = await storage.get_meta("schema_version")
+            if version is None:
+                await storage.set_meta("schema_version", str(SCHEMA_VERSION).encode())
+            elif version != str(SCHEMA_VERSION).encode():
+                raise StorageError(
+                    f"{path}: schema version {version!r}, expected {SCHEMA_VERSION}")
+            return storage
+        except BaseException as exc:
+            await db.close()  # its worker thread would otherwise keep the process alive
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StorageError(f"{path}: not a usable database ({exc})") from None
+            raise
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def get_meta(self, key: str) -> bytes | None:
+        cursor = await self._db.execute("SELECT value FROM meta WHERE key=?", (key,))
+        row = await cursor.fetchone()
+        return None if row is None else bytes(row[0])
+
+    async def set_meta(self, key: str, value: bytes) -> None:
+        await self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                               (key, value))
+
+    async def commit_batch(
+        self,
+        entries: Sequence[tuple[int, bytes, bytes, bytes]],
+        tiles: Iterable[TileRow],
+        checkpoint_size: int,
+        checkpoint_note: bytes,
+    ) -> None:
+        """Store (index, event_id, leaf, data) rows, tiles and checkpoint atomically."""
+        db = self._db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.executemany(
+                "INSERT INTO entries(idx, event_id, leaf, data) VALUES (?, ?, ?, ?)", entries)
+            await db.executemany(
+                "INSERT OR REPLACE INTO tiles(level, idx, hashes) VALUES (?, ?, ?)",
+                [(t.level, t.index, t.hashes) for t in tiles])
+            await db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
+                             (checkpoint_size, checkpoint_note))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def size(self) -> int:
+        row = await (await self._db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM entries")
+                     ).fetchone()
+        return int(row[0]) if row else 0
+
+    async def count(self) -> int:
+        row = await (await self._db.execute("SELECT COUNT(*) FROM entries")).fetchone()
+        return int(row[0]) if row else 0
+
+    async def iter_entries(self, start: int = 0, chunk: int = 10_000
+                           ) -> list[StoredEntry] | None:
+        """One chunk of entries from `start`, in index order (None past the end)."""
+        rows = await self._db.execute_fetchall(
+            "SELECT idx, leaf, data FROM entries WHERE idx >= ? ORDER BY idx LIMIT ?",
+            (start, chunk))
+        if not rows:
+            return None
+        return [StoredEntry(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
+
+    async def entry_data(self, start: int, end: int) -> list[bytes]:
+        """Entry bytes for indexes [start, end), in order."""
+        rows = await self._db.execute_fetchall(
+            "SELECT data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end))
+        return [bytes(r[0]) for r in rows]
+
+    async def index_by_leaf(self, leaf: bytes) -> int | None:
+        row = await (await self._db.execute("SELECT idx FROM entries WHERE leaf=?", (leaf,))
+                     ).fetchone()
+        return None if row is None else int(row[0])
+
+    async def index_by_event(self, event_id: bytes) -> int | None:
+        row = await (await self._db.execute("SELECT idx FROM entries WHERE event_id=?",
+                                            (event_id,))).fetchone()
+        return None if row is None else int(row[0])
+
+    async def tiles(self, level: int) -> list[TileRow]:
+        rows = await self._db.execute_fetchall(
+            "SELECT level, idx, hashes FROM tiles WHERE level=? ORDER BY idx", (level,))
+        return [TileRow(int(r[0]), int(r[1]), bytes(r[2])) for r in rows]
+
+    async def latest_checkpoint(self) -> tuple[int, bytes] | None:
+        row = await (await self._db.execute(
+            "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))

@@ -1,0 +1,71 @@
+"""Real node processes for tests: started on a free loopback port, killed for real."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class NodeFailedToStart(Exception):
+    pass
+
+
+class NodeProcess:
+    """`consent-ledger node` in its own process; its URL is read from its first line."""
+
+    def __init__(self, data_dir: Path, *args: str) -> None:
+        self.data_dir = data_dir
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.stderr_path = data_dir.parent / f"{data_dir.name}.stderr.log"
+
+    def start(self, timeout: float = 30.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        port = ["--port", "0"] if "--port" not in self.args else []
+        with open(self.stderr_path, "ab") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "node.cli", "node", "--data", str(self.data_dir),
+                 *port, *self.args],
+                stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
+            if not ready:
+                self.kill()
+                raise NodeFailedToStart(f"no URL within {timeout} s: {self.stderr()}")
+            chunk = os.read(self.proc.stdout.fileno(), 1)
+            if not chunk:
+                self.proc.wait()
+                raise NodeFailedToStart(
+                    f"exited with {self.proc.returncode}: {self.stderr()}")
+            line += chunk
+        self.url = line.decode().rsplit(" ", 1)[-1].strip()
+        return self.url
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout)
+        return self.proc.returncode

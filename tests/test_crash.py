@@ -1,0 +1,158 @@
+"""SIGKILL under load, restart, and nothing acknowledged is lost; bad databases are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+import pytest
+from factories import grant
+from nodeclient import now_ms, post, register_controller
+from nodeproc import NodeFailedToStart, NodeProcess
+
+from client.verify_log import verify_log
+from ledger import merkle
+from ledger.signed import sign_batch
+
+ROUNDS = 4
+WRITERS = 8
+BATCH = 40
+KILL_AFTER = 400  # acknowledged events per round before the kill
+
+
+async def _write_until_killed(proc: NodeProcess, key: object, acked: dict[bytes, int],
+                              round_no: int) -> None:
+    counter = 0
+    killed = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        nonlocal counter
+        async with aiohttp.ClientSession() as session:
+            seq = 0
+            while not killed.is_set():
+                t = now_ms()
+                subjects = [bytes([round_no, w]) + seq.to_bytes(4, "big") + bytes([i]) * 26
+                            for i in range(BATCH)]
+                seq += 1
+                batch = sign_batch([grant(subject=s, consented_at=t, valid_until=t + 10**9)
+                                    for s in subjects], key)  # type: ignore[arg-type]
+                try:
+                    status, body, _ = await post(session, proc.url, batch)
+                except (TimeoutError, aiohttp.ClientError):
+                    return  # the node died under us: this batch was never acknowledged
+                assert status == 200, body
+                for signed, result in zip(batch, body["results"], strict=True):
+                    acked[signed.id] = result["index"]
+                counter += len(batch)
+                if counter >= KILL_AFTER and not killed.is_set():
+                    killed.set()
+                    proc.kill()  # other writers still have requests in flight
+
+    await asyncio.gather(*(writer(w) for w in range(WRITERS)))
+
+
+def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
+    proc = NodeProcess(tmp_path / "data", "--origin", "test.example/crash")
+    proc.start()
+    acked: dict[bytes, int] = {}
+
+    async def register() -> object:
+        async with aiohttp.ClientSession() as s:
+            return await register_controller(s, proc.url, proc.data_dir / "operator.key")
+
+    key = asyncio.run(register())
+    for round_no in range(ROUNDS):
+        asyncio.run(_write_until_killed(proc, key, acked, round_no))
+        assert proc.proc is not None and proc.proc.returncode == -9
+        proc.start()
+
+    async def check() -> None:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{proc.url}/v1/keys") as resp:
+                log_key = (await resp.json())["log"]
+            verified = await verify_log(s, proc.url, log_key)
+            assert verified.checkpoint.size >= len(acked) + 2
+            for event_id, index in acked.items():
+                assert verified.state.index_of(event_id) == index
+
+    asyncio.run(check())
+    assert len(acked) >= ROUNDS * KILL_AFTER
+    assert proc.stop() == 0
+
+
+@pytest.fixture
+def stopped_node(tmp_path: Path) -> NodeProcess:
+    proc = NodeProcess(tmp_path / "data", "--origin", "test.example/fsck")
+    proc.start()
+
+    async def fill() -> None:
+        async with aiohttp.ClientSession() as s:
+            key = await register_controller(s, proc.url, proc.data_dir / "operator.key")
+            t = now_ms()
+            status, _, _ = await post(s, proc.url, sign_batch(
+                [grant(subject=bytes([i]) * 32, consented_at=t, valid_until=t + 10**9)
+                 for i in range(20)], key))
+            assert status == 200
+
+    asyncio.run(fill())
+    assert proc.stop() == 0
+    return proc
+
+
+def _refused(proc: NodeProcess, *words: str) -> None:
+    with pytest.raises(NodeFailedToStart) as err:
+        proc.start()
+    message = str(err.value)
+    assert "Traceback" not in message
+    for word in words:
+        assert word in message, message
+    assert proc.proc is not None and proc.proc.returncode == 1
+
+
+def _sql(proc: NodeProcess, statement: str, *args: object) -> None:
+    db = sqlite3.connect(proc.data_dir / "ledger.sqlite")
+    with db:
+        db.execute(statement, args)
+    db.close()
+
+
+def test_tampered_entry_is_refused(stopped_node: NodeProcess) -> None:
+    _sql(stopped_node, "UPDATE entries SET data = CAST(data || x'00' AS BLOB) WHERE idx = 5")
+    _refused(stopped_node, "entry 5")
+
+
+def test_tampered_entry_with_matching_leaf_is_refused(stopped_node: NodeProcess) -> None:
+    db = sqlite3.connect(stopped_node.data_dir / "ledger.sqlite")
+    (data,) = db.execute("SELECT data FROM entries WHERE idx = 7").fetchone()
+    db.close()
+    forged = bytes(data[:-1]) + bytes([data[-1] ^ 1])
+    _sql(stopped_node, "UPDATE entries SET data = ?, leaf = ? WHERE idx = 7",
+         forged, merkle.leaf_hash(forged))
+    _refused(stopped_node, "entry 7")
+
+
+def test_missing_entry_is_refused(stopped_node: NodeProcess) -> None:
+    _sql(stopped_node, "DELETE FROM entries WHERE idx = 3")
+    _refused(stopped_node, "entry 3")
+
+
+def test_forged_checkpoint_is_refused(stopped_node: NodeProcess) -> None:
+    _sql(stopped_node, "UPDATE checkpoints SET note = CAST(replace(note, '22', '23') AS BLOB)")
+    _refused(stopped_node, "checkpoint")
+
+
+def test_torn_database_file_is_refused(stopped_node: NodeProcess) -> None:
+    path = stopped_node.data_dir / "ledger.sqlite"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _refused(stopped_node)
+
+
+def test_garbage_database_file_is_refused(stopped_node: NodeProcess) -> None:
+    path = stopped_node.data_dir / "ledger.sqlite"
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    path.write_bytes(b"this is not a database" * 100)
+    _refused(stopped_node, "database")
