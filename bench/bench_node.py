@@ -1,0 +1,196 @@
+"""One node on loopback: durable events/s and latency, beside the plain SQLite ceiling.
+
+    python -m bench.bench_node [--seconds S] [--events N]
+
+Starts a real node process (its own data directory, synchronous=FULL), registers a
+controller, pre-signs every request body before timing (so the load generator spends
+its CPU on HTTP, not on Ed25519), then measures closed-loop throughput with 1, 16 and
+256 concurrent clients for single-event requests and for batches of 100 (one batch
+signature each), and latency at half the peak batched load (open loop). Every reply
+carries a signed checkpoint covering its events, so request latency *is* publication
+latency. Last, the same entry rows are inserted into a fresh SQLite database with the
+same durability, in transactions of 1,000, for the ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from bench.bench_events import sample_grants
+from ledger import merkle
+from ledger.entry import LogEntry
+from ledger.events import ControllerRegister, Grant
+from ledger.signed import SignedEvent, public_bytes, sign_batch, sign_event
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from nodeproc import NodeProcess
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def fresh_grants(n: int) -> list[Grant]:
+    import dataclasses
+
+    t = now_ms()
+    return [dataclasses.replace(g, consented_at=t, valid_until=t + 10**10)
+            for g in sample_grants(n)]
+
+
+def body_of(items: list[SignedEvent]) -> bytes:
+    if len(items) == 1:
+        return items[0].encode()
+    return msgpack.packb([s.to_wire() for s in items], use_bin_type=True)
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))] * 1000
+
+
+async def closed_loop(url: str, bodies: list[bytes], per_body: int, clients: int,
+                      seconds: float) -> tuple[float, list[float]]:
+    queue = list(reversed(bodies))
+    latencies: list[float] = []
+    done = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def client() -> None:
+            nonlocal done
+            while queue and time.perf_counter() < deadline:
+                body = queue.pop()
+                started = time.perf_counter()
+                async with session.post(f"{url}/v1/events", data=body, headers={
+                        "Content-Type": "application/msgpack"}) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"node answered {resp.status}: {await resp.text()}")
+                latencies.append(time.perf_counter() - started)
+                done += per_body
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return done / elapsed, latencies
+
+
+async def open_loop(url: str, bodies: list[bytes], per_second: float,
+                    seconds: float) -> list[float]:
+    """Send requests at a fixed rate, whatever the replies do (no coordinated omission)."""
+    latencies: list[float] = []
+    interval = 1 / per_second
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def one(body: bytes) -> None:
+            started = time.perf_counter()
+            async with session.post(f"{url}/v1/events", data=body, headers={
+                    "Content-Type": "application/msgpack"}) as resp:
+                await resp.read()
+            latencies.append(time.perf_counter() - started)
+
+        tasks = []
+        start = time.perf_counter()
+        for i, body in enumerate(bodies[: int(per_second * seconds)]):
+            delay = start + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the load, not synchronising a test
+            tasks.append(asyncio.create_task(one(body)))
+        await asyncio.gather(*tasks)
+    return latencies
+
+
+def sqlite_ceiling(rows: list[tuple[int, bytes, bytes, bytes]], directory: Path) -> float:
+    db = sqlite3.connect(directory / "ceiling.sqlite", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE entries (idx INTEGER PRIMARY KEY, event_id BLOB UNIQUE, "
+               "leaf BLOB UNIQUE, data BLOB)")
+    started = time.perf_counter()
+    for i in range(0, len(rows), 1000):
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?)", rows[i:i + 1000])
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    db.close()
+    return len(rows) / elapsed
+
+
+async def run(seconds: float, events: int, directory: Path) -> None:
+    node = NodeProcess(directory / "node", "--origin", "bench.example/node")
+    url = node.start()
+    try:
+        operator = load_pem_private_key((directory / "node" / "operator.key").read_bytes(), None)
+        assert isinstance(operator, Ed25519PrivateKey)
+        key = Ed25519PrivateKey.generate()
+        register = ControllerRegister(controller="shop.example", name="Bench Shop",
+                                      contact="dpo@shop.example", key=public_bytes(key),
+                                      registered_at=now_ms())
+        async with aiohttp.ClientSession() as s, s.post(
+                f"{url}/v1/events", data=sign_event(register, operator).encode(),
+                headers={"Content-Type": "application/msgpack"}) as resp:
+            assert resp.status == 200, await resp.text()
+
+        print(f"{'scenario':<34}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}", flush=True)
+        peak_batched = 0.0
+        for per_request in (1, 100):
+            for clients in (1, 16, 256):
+                count = events if per_request == 100 else min(events, 30_000)
+                grants = fresh_grants(count)
+                if per_request == 1:
+                    bodies = [body_of([sign_event(g, key)]) for g in grants]
+                else:
+                    bodies = [body_of(sign_batch(grants[i:i + 100], key))
+                              for i in range(0, count, 100)]
+                r, lat = await closed_loop(url, bodies, per_request, clients, seconds)
+                if per_request == 100:
+                    peak_batched = max(peak_batched, r)
+                label = f"{'single events' if per_request == 1 else 'batches of 100'}, " \
+                        f"{clients} clients"
+                print(f"{label:<34}{r:>10,.0f}{pct(lat, 50):>9.1f}{pct(lat, 99):>9.1f}",
+                      flush=True)
+
+        half = peak_batched / 2
+        grants = fresh_grants(int(half * seconds) + 100)
+        bodies = [body_of(sign_batch(grants[i:i + 100], key)) for i in range(0, len(grants), 100)]
+        lat = await open_loop(url, bodies, half / 100, seconds)
+        print(f"{'half peak (open loop), batches':<34}{half:>10,.0f}{pct(lat, 50):>9.1f}"
+              f"{pct(lat, 99):>9.1f}   <- publication latency: reply = signed checkpoint",
+              flush=True)
+    finally:
+        node.stop()
+
+    sample = [sign_event(g, key) for g in sample_grants(50_000)]
+    rows = []
+    prev = bytes(32)
+    for i, signed in enumerate(sample):
+        entry = LogEntry(index=i, time=now_ms(), prev=prev, signed=signed)
+        prev = merkle.leaf_hash(entry.encoded)
+        rows.append((i, signed.id, prev, entry.encoded))
+    ceiling = sqlite_ceiling(rows, directory)
+    print(f"{'plain SQLite ceiling (1000/tx, FULL)':<34}{ceiling:>10,.0f}  rows/s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per scenario")
+    parser.add_argument("--events", type=int, default=100_000, help="pre-signed per scenario")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        asyncio.run(run(args.seconds, args.events, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
