@@ -70,8 +70,10 @@ class LogVerificationError(ClientError):
                  other_checkpoint: bytes | None = None, proof: Sequence[bytes] = (),
                  index: int | None = None, size: int | None = None,
                  leaf_hash: bytes | None = None, entry: bytes | None = None) -> None:
-        self.checkpoint = checkpoint  # the signed note as the node served it
-        self.other_checkpoint = other_checkpoint  # the one it fails to be consistent with
+        self.checkpoint = checkpoint  # a signed note as the node served it
+        # For a failed consistency check, the other note (the larger tree is in
+        # `checkpoint`): together the two prove the log forked or rewrote its history.
+        self.other_checkpoint = other_checkpoint
         self.proof = tuple(proof)
         self.index = index
         self.size = size

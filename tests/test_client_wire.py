@@ -1,16 +1,25 @@
-"""Request bodies of POST /v1/events: JSON and msgpack round trips, and every strict refusal."""
+"""The client's side of the wire: request bodies both ways with every strict refusal, and a
+LogClient that proves what a (scripted, sometimes lying) node answers."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import msgpack
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant, revoke
 
+from client.demo import DEMO_CONTROLLER, Workload
+from client.errors import PROBLEM_BASE, LogVerificationError, ProblemError
+from client.log_client import Accepted, LogClient, Rejected
 from client.wire import (
     MAX_BATCH_ITEMS,
     decode_body,
@@ -19,6 +28,8 @@ from client.wire import (
     from_json,
     to_json,
 )
+from ledger import merkle
+from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.codec import pack
 from ledger.errors import (
     DecodeError,
@@ -29,9 +40,15 @@ from ledger.errors import (
     MissingFieldError,
     NonCanonicalError,
     OversizeError,
+    RejectedError,
     UnknownFieldError,
 )
-from ledger.signed import SignedEvent, sign_batch, sign_event, token_revocation
+from ledger.events import Genesis
+from ledger.note import ALG_ED25519, Ed25519Signer, format_verifier_key
+from ledger.signed import SignedEvent, public_bytes, sign_batch, sign_event, token_revocation
+from ledger.state import LedgerState
+from ledger.tiles import encode_entry_bundle, parse_tile_path
+from ledger.tree import MerkleTree
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 
@@ -269,3 +286,183 @@ def test_msgpack_refuses_wide_encodings(mixed: list[SignedEvent]) -> None:
     body = canonical.replace(item, wide_item, 1)
     expect(NonCanonicalError, "[1]", decode_body, body)
     expect(NonCanonicalError, None, decode_body, wide_item)
+
+
+# ---------------------------------------------------------------- LogClient, scripted node
+#
+# A node built from the ledger's own parts, with switches that make it lie, so that the
+# client's checks are tested without node/ (integration tests against it come later).
+
+ORIGIN = "client.test/log"
+
+
+class ScriptedNode:
+    def __init__(self) -> None:
+        self.operator = Ed25519PrivateKey.generate()
+        log_key = Ed25519PrivateKey.generate()
+        self.signer = Ed25519Signer.from_private_key(ORIGIN, log_key)
+        self.vkey = format_verifier_key(ORIGIN, ALG_ED25519, public_bytes(log_key))
+        self.state, self.tree, self.entries = LedgerState(), MerkleTree(), []
+        self.lie: str | None = None
+        self.busy = 0  # how many requests to answer 503 first
+        genesis = Genesis(origin=ORIGIN, operator_key=public_bytes(self.operator),
+                          created_at=now_ms(), max_skew_ms=60_000)
+        self._append(sign_event(genesis, self.operator))
+
+    def _append(self, signed: SignedEvent) -> tuple[int, bool]:
+        index = self.state.index_of(signed.id)
+        if index is not None:
+            return index, True
+        entry = self.state.admit(signed, now_ms(), signature_verified=False)
+        self.entries.append(entry.encoded)
+        return self.tree.append(entry.leaf_hash), False
+
+    def checkpoint(self) -> bytes:
+        root = self.tree.root()
+        if self.lie == "fork":
+            root = bytes(32)
+        return sign_checkpoint(Checkpoint(ORIGIN, self.tree.size, root), self.signer)
+
+    async def post_events(self, request: web.Request) -> web.Response:
+        if self.busy:
+            self.busy -= 1
+            return web.json_response({"type": PROBLEM_BASE + "overloaded", "status": 503},
+                                     status=503, headers={"Retry-After": "0"})
+        items = decode_body(await request.read())
+        assert isinstance(items, list)
+        results: list[dict[str, Any]] = []
+        for signed in items:
+            try:
+                index, duplicate = self._append(signed)
+            except RejectedError as exc:
+                results.append({"problem": {"type": PROBLEM_BASE + exc.code, "title": "",
+                                            "status": 409, "detail": str(exc)}})
+                continue
+            leaf = self.tree.hash_at(0, index)
+            results.append({"index": index, "event_id": b64(signed.id),
+                            "leaf_hash": b64(bytes(32) if self.lie == "leaf" else leaf),
+                            "duplicate": duplicate})
+        note = self.checkpoint()
+        if self.lie == "log-key":
+            other = Ed25519Signer.from_private_key(ORIGIN, Ed25519PrivateKey.generate())
+            note = sign_checkpoint(Checkpoint(ORIGIN, self.tree.size, self.tree.root()), other)
+        if self.lie == "event-id":
+            results[0]["event_id"] = b64(bytes(32))
+        return web.json_response({"results": results, "checkpoint": note.decode()})
+
+    async def get_inclusion(self, request: web.Request) -> web.Response:
+        index, size = int(request.query["index"]), int(request.query["size"])
+        proof = self.tree.inclusion_proof(index, size)
+        if self.lie == "proof" and proof:
+            proof[0] = bytes(32)
+        return web.json_response({"index": index, "size": size,
+                                  "proof": [b64(h) for h in proof]})
+
+    async def get_consistency(self, request: web.Request) -> web.Response:
+        old, new = int(request.query["from"]), int(request.query["to"])
+        proof = self.tree.consistency_proof(old, new)
+        return web.json_response({"from": old, "to": new, "proof": [b64(h) for h in proof]})
+
+    async def get_tile(self, request: web.Request) -> web.Response:
+        tile = parse_tile_path("tile/" + request.match_info["path"])
+        start = tile.index * 256
+        entries = self.entries[start:start + tile.width]
+        if self.lie == "entry":
+            entries = [entries[0], *entries[:-1]]  # every entry one place late
+        return web.Response(body=encode_entry_bundle(entries))
+
+    async def get_entry(self, request: web.Request) -> web.Response:
+        index = int(request.match_info["index"])
+        return web.json_response({"index": index, "leaf_hash": b64(self.tree.hash_at(0, index)),
+                                  "entry": b64(self.entries[index])})
+
+    async def get_checkpoint(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.checkpoint(), content_type="text/plain")
+
+    async def get_keys(self, request: web.Request) -> web.Response:
+        return web.json_response({"origin": ORIGIN, "log": self.vkey})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/events", self.post_events)
+        app.router.add_get("/v1/proofs/inclusion", self.get_inclusion)
+        app.router.add_get("/v1/proofs/consistency", self.get_consistency)
+        app.router.add_get("/v1/entries/{index}", self.get_entry)
+        app.router.add_get("/tile/{path:.+}", self.get_tile)
+        app.router.add_get("/checkpoint", self.get_checkpoint)
+        app.router.add_get("/v1/keys", self.get_keys)
+        return app
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[ScriptedNode, LogClient, Workload]]:
+    node = ScriptedNode()
+    server = TestServer(node.app())
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        vkey = await LogClient.fetch_log_key(url, session)
+        client = LogClient(url, log_key=vkey, session=session, max_retries=2)
+        workload = Workload(DEMO_CONTROLLER, Ed25519PrivateKey.generate())
+        (registered,) = await client.submit([workload.register(node.operator)])
+        assert isinstance(registered, Accepted) and registered.index == 1
+        yield node, client, workload
+    await server.close()
+
+
+async def test_client_proves_every_acceptance(scripted) -> None:  # type: ignore[no-untyped-def]
+    node, client, workload = scripted
+    batch = workload.next_batch(40)
+    results = await client.submit(batch.signed)
+    assert all(isinstance(r, Accepted) for r in results)
+    accepted = [r for r in results if isinstance(r, Accepted)]
+    assert [r.index for r in accepted] == list(range(2, 42))
+    assert client.latest is not None and client.latest.size == node.tree.size == 42
+    for r in accepted[:3]:
+        merkle.verify_inclusion(r.leaf_hash, r.index, r.checkpoint.size, r.proof,
+                                r.checkpoint.root)
+        assert (await client.entry(r.index, r.checkpoint)).signed.id == r.event_id
+    again = await client.submit(batch.signed[:2])
+    assert [(r.index, r.duplicate) for r in again] == [(2, True), (3, True)]  # type: ignore[union-attr]
+
+
+async def test_client_reports_rejections_as_problems(scripted) -> None:  # type: ignore[no-untyped-def]
+    _, client, workload = scripted
+    unknown = token_revocation(revoke(controller=DEMO_CONTROLLER, revoked_at=now_ms()),
+                               b"t" * 32)
+    first, second = await client.submit([*workload.next_batch(1).signed, unknown])
+    assert isinstance(first, Accepted)
+    assert isinstance(second, Rejected) and second.problem.code == "unknown-grant"
+
+
+async def test_client_retries_a_busy_node(scripted) -> None:  # type: ignore[no-untyped-def]
+    node, client, workload = scripted
+    node.busy = 2
+    assert isinstance((await client.submit(workload.next_batch(1).signed))[0], Accepted)
+    node.busy = 3  # one more than max_retries
+    with pytest.raises(ProblemError) as info:
+        await client.submit(workload.next_batch(1).signed)
+    assert info.value.status == 503 and info.value.code == "overloaded"
+
+
+@pytest.mark.parametrize("lie", ["proof", "leaf", "event-id", "entry", "log-key", "fork"])
+async def test_client_catches_a_lying_node(scripted, lie: str) -> None:  # type: ignore[no-untyped-def]
+    node, client, workload = scripted
+    node.lie = lie
+    with pytest.raises(LogVerificationError) as info:
+        await client.submit(workload.next_batch(5).signed)
+    assert info.value.checkpoint is not None  # the signed evidence is kept
+
+
+async def test_client_catches_a_fork_between_checkpoints(scripted) -> None:  # type: ignore[no-untyped-def]
+    node, client, _ = scripted
+    honest = await client.checkpoint()
+    node.lie = "fork"
+    with pytest.raises(LogVerificationError) as info:
+        await client.checkpoint()
+    evidence = {info.value.checkpoint, info.value.other_checkpoint}
+    assert honest.note in evidence and len(evidence) == 2  # both signed notes of the fork
