@@ -1,4 +1,4 @@
-"""The demo workload, the key files and the demo command, without a server.
+"""The demo workload, the key files and the demo command; at the end, against a real node.
 
 The workload's events are fed to a fresh LedgerState exactly as a node would admit
 them, signatures included, so any event the node would refuse fails here first.
@@ -6,12 +6,15 @@ them, signatures included, so any event the node would refuse fails here first.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import stat
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -21,11 +24,13 @@ from cryptography.hazmat.primitives.serialization import (
     NoEncryption,
     PrivateFormat,
 )
+from nodeproc import NodeProcess
 
-from client.demo import DEMO_CONTROLLER, Batch, DemoReport, Workload, demo_main
+from client.demo import DEMO_CONTROLLER, Batch, DemoReport, Workload, demo_main, run_demo
 from client.errors import KeyFileError, ProblemError
 from client.keys import generate_key_file, load_private_key
-from client.log_client import Accepted, Rejected, SubmitResult, VerifiedCheckpoint
+from client.log_client import Accepted, LogClient, Rejected, SubmitResult, VerifiedCheckpoint
+from client.verify_log import verify_log
 from ledger.checkpoint import Checkpoint
 from ledger.errors import RejectedError
 from ledger.events import Genesis, Grant, Revoke
@@ -253,3 +258,51 @@ def test_demo_refuses_bad_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_demo_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert demo_main(["--help"]) == 0
     assert "--log-key" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- against a real node
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    proc = NodeProcess(tmp_path_factory.mktemp("demo") / "data", "--origin", "demo.test/log")
+    proc.start()
+    yield proc
+    assert proc.stop() == 0, proc.stderr()
+
+
+async def test_demo_against_a_node_then_the_whole_log_verifies(node: NodeProcess) -> None:
+    operator_key = node.data_dir / "operator.key"
+    first = await run_demo(node.url, operator_key, 600, concurrency=4, batch=50, seed=1)
+    assert first.rejected == Counter()
+    assert first.submitted == 600 == first.inclusion_proven
+    assert first.grants + first.revoked_by_token + first.revoked_by_controller == 600
+    assert first.revoked_by_token > 0 and first.revoked_by_controller > 0
+    assert first.registration.startswith("registered at entry")
+    assert first.checkpoint_verified and first.consistent
+    assert first.sample_verified == first.sample_total == 32
+    assert "trust on first use" in first.format()
+
+    again = await run_demo(node.url, operator_key, 100, batch=100, seed=2)
+    assert again.registration.startswith("already registered")  # the key file was kept
+    assert again.tree_size == first.tree_size + 100 and again.first_size == first.tree_size
+
+    async with aiohttp.ClientSession() as session:
+        vkey = await LogClient.fetch_log_key(node.url, session)
+        log = await verify_log(session, node.url, vkey)  # every entry replayed and checked
+    assert log.checkpoint.size == again.tree_size
+
+
+def test_demo_command_against_a_node(node: NodeProcess,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    vkey = asyncio.run(_log_key(node.url))
+    code = demo_main(["--log", node.url, "--operator-key", str(node.data_dir / "operator.key"),
+                      "--events", "120", "--batch", "40", "--log-key", vkey])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "120 events" in out.out and "log key given" in out.out and out.err == ""
+
+
+async def _log_key(url: str) -> str:
+    async with aiohttp.ClientSession() as session:
+        return await LogClient.fetch_log_key(url, session)
