@@ -273,7 +273,8 @@ class DemoReport:
             f"{self.registration}",
             f"  {self.submitted} events in {self.seconds:.2f} s = "
             f"{self.events_per_second:,.0f} events/s ({self.batches} batches, "
-            f"{self.concurrency} in flight); batch latency p50 {self.latency_ms(0.5):.0f} ms, "
+            f"{self.concurrency} in flight); latency to a proven receipt per batch "
+            f"p50 {self.latency_ms(0.5):.0f} ms, "
             f"p99 {self.latency_ms(0.99):.0f} ms",
             f"  {self.grants} grants, {self.revoked_by_token} withdrawn by token, "
             f"{self.revoked_by_controller} revoked by the controller, "

@@ -86,7 +86,7 @@ class LogClient:
     def __init__(self, base_url: str, *, log_key: str,
                  session: aiohttp.ClientSession | None = None,
                  max_retries: int = 5, max_retry_after: float = 30.0,
-                 max_parallel_reads: int = 32) -> None:
+                 max_parallel_requests: int = 32) -> None:
         try:
             self._verifier = new_verifier(log_key)
         except LedgerError as exc:
@@ -97,7 +97,7 @@ class LogClient:
         self._own_session = session is None
         self._max_retries = max_retries
         self._max_retry_after = max_retry_after
-        self._reads = asyncio.Semaphore(max_parallel_reads)
+        self._slots = asyncio.Semaphore(max_parallel_requests)
         self.latest: VerifiedCheckpoint | None = None
         """The largest checkpoint seen; every other one seen was proven consistent with it."""
 
@@ -137,12 +137,8 @@ class LogClient:
         """Submit 1 to 1,000 envelopes; return one result each, every acceptance proven."""
         if not events:
             return []
-        body = encode_batch(events)
-
-        async def read(resp: aiohttp.ClientResponse) -> Any:
-            return await self._read_json(resp)
-
-        reply = await self._request("POST", "/v1/events", read, data=body,
+        reply = await self._request("POST", "/v1/events", self._read_json,
+                                    data=encode_batch(events),
                                     headers={"Content-Type": "application/msgpack"})
         if type(reply) is not dict or type(reply.get("results")) is not list \
                 or type(reply.get("checkpoint")) is not str:
@@ -153,9 +149,10 @@ class LogClient:
         await self._observe(cp)
         claims = [self._claim(r, s, cp) for r, s in zip(reply["results"], events, strict=True)]
         accepted = [(i, c) for i, c in enumerate(claims) if not isinstance(c, Rejected)]
-        entries, *proofs = await asyncio.gather(
+        # Entries and proofs are fetched all at once; _request bounds the parallelism.
+        entries, proofs = await asyncio.gather(
             self._entries({c[0] for _, c in accepted}, cp),
-            *(self._inclusion(c[0], c[1], cp) for _, c in accepted))
+            asyncio.gather(*(self._inclusion(c[0], c[1], cp) for _, c in accepted)))
         results: list[SubmitResult] = []
         proof_of = {i: p for (i, _), p in zip(accepted, proofs, strict=True)}
         for i, claim in enumerate(claims):
@@ -375,7 +372,7 @@ class LogClient:
         for attempt in range(self._max_retries + 1):
             last = attempt == self._max_retries
             try:
-                async with self._reads, self._http().request(method, url, **kwargs) as resp:
+                async with self._slots, self._http().request(method, url, **kwargs) as resp:
                     if resp.status == 200:
                         return await read(resp)
                     if resp.status != 503 or last:
