@@ -77,6 +77,10 @@ async def closed_loop(url: str, bodies: list[bytes], per_body: int, clients: int
                 async with session.post(f"{url}/v1/events", data=body, headers={
                         "Content-Type": "application/msgpack"}) as resp:
                     await resp.read()
+                    if resp.status == 503:  # pushback: honour Retry-After, as clients must
+                        queue.append(body)
+                        await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+                        continue
                     if resp.status != 200:
                         raise RuntimeError(f"node answered {resp.status}: {await resp.text()}")
                 latencies.append(time.perf_counter() - started)

@@ -269,7 +269,13 @@ class Seq(Spec):
             raise FieldTypeError(f"expected an array, got {_kind(value)}", field=path)
         if len(value) > self.max_items:
             raise OversizeError(f"more than {self.max_items} items", field=path)
-        return tuple(self.item.decode(v, f"{path}[{i}]") for i, v in enumerate(value))
+        check = self.item.check
+        for i, item in enumerate(value):
+            try:
+                check(item, path)
+            except DecodeError as exc:
+                raise type(exc)(exc.reason, field=f"{path}[{i}]") from None
+        return tuple(value)
 
     def encode(self, value: Any) -> Any:
         return [self.item.encode(v) for v in value]

@@ -8,12 +8,12 @@ auditor replaying entries in order can check each link without the tree.
 from __future__ import annotations
 
 import dataclasses
-from functools import cached_property
 
 from ledger import merkle
 from ledger.codec import Bin, Int, Nested, Record, spec
 from ledger.errors import OversizeError
 from ledger.events import MAX_TIME_MS
+from ledger.lazy import lazy
 from ledger.signed import SignedEvent
 
 MAX_ENTRY_SIZE = 65_535  # a tlog-tiles entry bundle stores each length in 16 bits
@@ -33,10 +33,10 @@ class LogEntry(Record):
         if len(self.encoded) > MAX_ENTRY_SIZE:
             raise OversizeError(f"entry is {len(self.encoded)} bytes", field="signed")
 
-    @cached_property
+    @lazy
     def encoded(self) -> bytes:
         return self.encode()
 
-    @cached_property
+    @lazy
     def leaf_hash(self) -> bytes:
         return merkle.leaf_hash(self.encoded)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
-from functools import cached_property
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -34,6 +33,7 @@ from ledger.events import (
     decode_event,
     event_hash,
 )
+from ledger.lazy import lazy
 
 SIGNATURE_SIZE = 64
 MAX_BATCH = 1 << 16
@@ -87,12 +87,12 @@ class SignedEvent(Record):
                                   field="signer" if self.signer is None else "sig")
         _ = self.body  # decoding the event here makes an invalid one fail construction
 
-    @cached_property
+    @lazy
     def body(self) -> Event:
         """The decoded event; its bytes were checked canonical on construction."""
         return decode_event(self.event)
 
-    @cached_property
+    @lazy
     def id(self) -> bytes:
         """The event hash: how grants are named and resubmissions recognised."""
         return event_hash(self.event)

@@ -62,13 +62,16 @@ async def _serve(config: NodeConfig, *, then: object = None, once: bool = False)
     return status
 
 
-async def _up_demo(url: str, config: NodeConfig, events: int) -> int:
-    from client.demo import run_demo
-
-    report = await run_demo(url, config.operator_key_path, events)
-    print(report.format(), flush=True)
-    print(f"\nThe node keeps serving at {url}; Ctrl-C stops it.", flush=True)
-    return 0
+async def _up_demo(url: str, config: NodeConfig, events: int, once: bool) -> int:
+    # The demo is a client like any other: its own process, so that it neither shares
+    # the node's event loop nor its core.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "node.cli", "demo", "--log", url,
+        "--operator-key", str(config.operator_key_path), "--events", str(events))
+    status = await proc.wait()
+    if status == 0 and not once:
+        print(f"\nThe node keeps serving at {url}; Ctrl-C stops it.", flush=True)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         events = args.demo_events
 
         async def demo(url: str, cfg: NodeConfig) -> int:
-            return await _up_demo(url, cfg, events)
+            return await _up_demo(url, cfg, events, args.once)
 
         return asyncio.run(_serve(config, then=demo, once=args.once))
     except (ConfigError, StorageError, OSError) as exc:

@@ -36,13 +36,54 @@ def _verify_chunk(checks: Sequence[_Check]) -> list[bool]:
     return results
 
 
+def _settle(done: asyncio.Future[list[bool]],
+            chunk: list[tuple[_Check, asyncio.Future[bool]]]) -> None:
+    if done.cancelled() or done.exception() is not None:
+        exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        for _, future in chunk:
+            if not future.done():
+                future.set_exception(exc or RuntimeError("verification failed"))
+        return
+    for (_, future), ok in zip(chunk, done.result(), strict=True):
+        if not future.done():
+            future.set_result(ok)
+
+
 class SignatureVerifier:
+    """Checks signatures in a thread pool, coalescing the checks of concurrent requests.
+
+    Many clients each sending one event would otherwise pay a thread hop per event (or
+    block the event loop); instead checks queue up while the loop runs other requests,
+    and the first request to need them flushes the whole queue in one chunk per thread.
+    """
+
     def __init__(self, threads: int) -> None:
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="verify")
+        self._pending: list[tuple[_Check, asyncio.Future[bool]]] = []
+        self._flush_scheduled = False
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _check_all(self, checks: Sequence[_Check]) -> list[asyncio.Future[bool]]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in checks]
+        self._pending.extend(zip(checks, futures, strict=True))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)  # after the requests already runnable add theirs
+        return futures
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        loop = asyncio.get_running_loop()
+        step = max(16, -(-len(pending) // self._threads))
+        for i in range(0, len(pending), step):
+            chunk = pending[i:i + step]
+            job = loop.run_in_executor(self._pool, _verify_chunk, [c for c, _ in chunk])
+            job.add_done_callback(lambda done, chunk=chunk: _settle(done, chunk))
 
     async def verify(self, state: LedgerState, items: Sequence[SignedEvent]) -> list[Verdict]:
         verdicts: list[Verdict | None] = [None] * len(items)
@@ -68,15 +109,8 @@ class SignatureVerifier:
             unique.setdefault(check, []).append(i)
         checks = list(unique)
         if checks:
-            loop = asyncio.get_running_loop()
-            step = max(64, -(-len(checks) // self._threads))
-            chunks = [checks[i:i + step] for i in range(0, len(checks), step)]
-            if len(chunks) == 1 and len(checks) <= 4:
-                results = [_verify_chunk(checks)]  # a thread hop costs more than a few checks
-            else:
-                results = await asyncio.gather(
-                    *(loop.run_in_executor(self._pool, _verify_chunk, c) for c in chunks))
-            for check, ok in zip(checks, (r for chunk in results for r in chunk), strict=True):
+            results = await asyncio.gather(*self._check_all(checks))
+            for check, ok in zip(checks, results, strict=True):
                 for i in unique[check]:
                     verdicts[i] = True if ok else RejectedError(
                         "bad-signature",

@@ -1,0 +1,58 @@
+"""The command line as a user meets it: the main job end to end, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_up_runs_a_node_and_the_demo_through_it(tmp_path: Path) -> None:
+    result = run("up", "--data", str(tmp_path / "data"), "--port", "0",
+                 "--demo-events", "400", "--once")
+    assert result.returncode == 0, result.stderr
+    assert "listening on http://127.0.0.1:" in result.stdout
+    assert "checkpoint verified" in result.stdout
+    assert "0 rejected" in result.stdout
+    assert (tmp_path / "data" / "ledger.sqlite").exists()
+
+
+def test_node_without_data_dir_is_one_line(tmp_path: Path) -> None:
+    result = run("node")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "--data" in result.stderr
+
+
+def test_bad_config_file_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[node]\nport = 'eighty'\n")
+    result = run("node", "--config", str(config), "--data", str(tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "port" in result.stderr
+
+
+def test_unknown_command() -> None:
+    result = run("frobnicate")
+    assert result.returncode == 2
+    assert "unknown command" in result.stderr
+
+
+def test_demo_against_no_node_is_one_line(tmp_path: Path) -> None:
+    key = tmp_path / "operator.key"
+    from client.keys import generate_key_file
+
+    generate_key_file(key)
+    result = run("demo", "--log", "http://127.0.0.1:9", "--operator-key", str(key),
+                 "--events", "10")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
