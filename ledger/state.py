@@ -101,6 +101,7 @@ class LedgerState:
     def __init__(self) -> None:
         self.size = 0
         self.prev = GENESIS_PREV
+        self.last_time = 0  # the log's clock never runs backwards across entries
         self.origin: str | None = None
         self.operator_key_id: bytes | None = None
         self.max_skew_ms = 0
@@ -145,7 +146,13 @@ class LedgerState:
 
     def check(self, signed: SignedEvent, log_time: int) -> None:
         """Every admission rule except the signature's cryptography."""
+        if log_time < self.last_time:
+            raise RejectedError("time-regressed", f"log time {log_time} is before the previous "
+                                f"entry's {self.last_time}")
         body = signed.body
+        if signed.id in self._ids:
+            raise RejectedError("duplicate-event",
+                                f"this event is already entry {self._ids[signed.id]}")
         if self.size == 0:
             if not isinstance(body, Genesis):
                 raise RejectedError("no-genesis", "the first entry must be the genesis event")
@@ -286,6 +293,7 @@ class LedgerState:
             case Revoke():
                 self._apply_revoke(body, index)
         self._ids[signed.id] = index
+        self.last_time = entry.time
         self.size = index + 1
         self.prev = entry.leaf_hash
 

@@ -90,7 +90,6 @@ class Sequencer:
         self._failed: BaseException | None = None
         self.committed_size = tree.size
         self.checkpoint = checkpoint
-        self._last_time = 0
 
     # ---------------------------------------------------------------- submitting
 
@@ -151,8 +150,7 @@ class Sequencer:
     async def _sequence_one_batch(self) -> None:
         state, tree = self._state, self._tree
         old_size = tree.size
-        now = max(self._clock_ms(), self._last_time)
-        self._last_time = now
+        now = max(self._clock_ms(), state.last_time)  # a clock stepped back must not show
         taken: list[tuple[_Pending, Outcome]] = []
         rows: list[tuple[int, bytes, bytes, bytes]] = []
         while self._queue and len(rows) < self._max_commit:

@@ -256,3 +256,28 @@ def test_signed_event_round_trip(log: Log) -> None:
                    *sign_batch([grant(), grant(consented_at=T0 + 1)], log.controller),
                    token_revocation(revoke(), b"t" * 32)]:
         assert SignedEvent.decode(signed.encode()) == signed
+
+
+def test_log_time_never_runs_backwards(log: Log) -> None:
+    log.add(sign_event(grant(), log.controller), at=T0 + 10)
+    log.reject(sign_event(grant(consented_at=T0 + 1), log.controller), "time-regressed", at=T0)
+    replayed = LedgerState()
+    for entry in log.entries[:2]:
+        replayed.replay(entry)
+    late = log.entries[2]
+    replayed.replay(late)
+    with pytest.raises(RejectedError) as err:
+        replayed.replay(dataclasses.replace(
+            LogEntry(index=3, time=T0, prev=late.leaf_hash, signed=late.signed)))
+    assert err.value.code == "time-regressed"
+
+
+def test_replay_refuses_an_event_logged_twice(log: Log) -> None:
+    first = log.add(sign_event(grant(), log.controller))
+    replayed = LedgerState()
+    for entry in log.entries:
+        replayed.replay(entry)
+    again = LogEntry(index=3, time=T0, prev=first.leaf_hash, signed=first.signed)
+    with pytest.raises(RejectedError) as err:
+        replayed.replay(again)
+    assert err.value.code == "duplicate-event"
