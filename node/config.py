@@ -24,6 +24,8 @@ class NodeConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     origin: str | None = None  # fixed at genesis; default: a random name under consent-ledger.local
+    log_key_file: Path | None = None  # signs checkpoints; default DATA/log.key, created if absent
+    operator_key_file: Path | None = None  # signs genesis and admin events; DATA/operator.key
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch_items: int = 1000
     max_queue: int = 20_000
@@ -50,11 +52,11 @@ class NodeConfig:
 
     @property
     def log_key_path(self) -> Path:
-        return self.data_dir / "log.key"
+        return self.log_key_file or self.data_dir / "log.key"
 
     @property
     def operator_key_path(self) -> Path:
-        return self.data_dir / "operator.key"
+        return self.operator_key_file or self.data_dir / "operator.key"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
@@ -63,7 +65,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
 def _coerce(name: str, value: Any) -> Any:
     kind = _FIELDS[name].type
     try:
-        if kind == "Path":
+        if kind in ("Path", "Path | None"):
             return Path(value)
         if kind == "int":
             if isinstance(value, bool):
@@ -92,8 +94,9 @@ def load_config(*, file: Path | None = None, env: Mapping[str, str] | None = Non
             if key not in _FIELDS:
                 raise ConfigError(f"{file}: unknown setting {key!r}")
             values[key] = value
-        if "data_dir" in values and not Path(values["data_dir"]).is_absolute():
-            values["data_dir"] = file.parent / values["data_dir"]
+        for key in ("data_dir", "log_key_file", "operator_key_file"):
+            if key in values and not Path(values[key]).is_absolute():
+                values[key] = file.parent / values[key]
     for name in _FIELDS:
         env_value = (env if env is not None else os.environ).get(f"CONSENT_LEDGER_{name.upper()}")
         if env_value is not None:
