@@ -11,6 +11,9 @@ commands:
   node      run a ledger node                       (consent-ledger node --help)
   up        run a node on loopback with the demo    (consent-ledger up --help)
   demo      drive the demo workload into a log      (consent-ledger demo --help)
+  keygen    write a new Ed25519 key file            (consent-ledger keygen --help)
+  controller register|rotate|retire
+            manage controller keys (operator)       (consent-ledger controller --help)
 """
 
 
@@ -23,6 +26,14 @@ def main(argv: Sequence[str]) -> int:
         from client.demo import demo_main
 
         return demo_main(rest)
+    if command == "keygen":
+        from client.admin import keygen_main
+
+        return keygen_main(rest)
+    if command == "controller":
+        from client.admin import controller_main
+
+        return controller_main(rest)
     print(f"consent-ledger: error: unknown command {command!r} (see consent-ledger --help)",
           file=sys.stderr)
     return 2
