@@ -110,13 +110,21 @@ class SignedEvent(Record):
         return BATCH_TAG + b.size.to_bytes(8, "big") + root
 
 
+def _envelope(body: Event, data: bytes, **fields: object) -> SignedEvent:
+    """Build an envelope around an event we hold decoded, without decoding it again."""
+    signed = SignedEvent.__new__(SignedEvent)
+    for name, value in {"event": data, "signer": None, "sig": None, "batch": None,
+                        "token": None, **fields}.items():
+        object.__setattr__(signed, name, value)
+    signed.__dict__["body"] = body  # what validate() would otherwise decode from `data`
+    signed.__post_init__()
+    return signed
+
+
 def sign_event(event: Event, private_key: Ed25519PrivateKey) -> SignedEvent:
     data = event.encode()
-    return SignedEvent(
-        event=data,
-        signer=key_id(public_bytes(private_key)),
-        sig=private_key.sign(EVENT_TAG + event_hash(data)),
-    )
+    return _envelope(event, data, signer=key_id(public_bytes(private_key)),
+                     sig=private_key.sign(EVENT_TAG + event_hash(data)))
 
 
 def sign_batch(events: Sequence[Event], private_key: Ed25519PrivateKey) -> list[SignedEvent]:
@@ -131,17 +139,15 @@ def sign_batch(events: Sequence[Event], private_key: Ed25519PrivateKey) -> list[
     sig = private_key.sign(BATCH_TAG + size.to_bytes(8, "big") + tree.root())
     signer = key_id(public_bytes(private_key))
     return [
-        SignedEvent(
-            event=d, signer=signer, sig=sig,
-            batch=BatchPath(size=size, index=i, path=tuple(tree.inclusion_proof(i, size))),
-        )
-        for i, d in enumerate(datas)
+        _envelope(e, d, signer=signer, sig=sig,
+                  batch=BatchPath(size=size, index=i, path=tuple(tree.inclusion_proof(i, size))))
+        for i, (e, d) in enumerate(zip(events, datas, strict=True))
     ]
 
 
 def token_revocation(revoke: Revoke, token: bytes) -> SignedEvent:
     """A person's withdrawal of one grant, authorised by the grant's revocation token."""
-    return SignedEvent(event=revoke.encode(), token=token)
+    return _envelope(revoke, revoke.encode(), token=token)
 
 
 def verify_signature(signed: SignedEvent, public_key: bytes) -> None:
