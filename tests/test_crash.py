@@ -156,3 +156,53 @@ def test_garbage_database_file_is_refused(stopped_node: NodeProcess) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
     path.write_bytes(b"this is not a database" * 100)
     _refused(stopped_node, "database")
+
+
+def test_sigterm_finishes_the_batches_in_flight(tmp_path: Path) -> None:
+    proc = NodeProcess(tmp_path / "data", "--origin", "test.example/drain")
+    proc.start()
+    acked: dict[bytes, int] = {}
+
+    async def load() -> int:
+        async with aiohttp.ClientSession() as s:
+            key = await register_controller(s, proc.url, proc.data_dir / "operator.key")
+            t = now_ms()
+            batches = [sign_batch([grant(subject=bytes([b, i]) * 16, consented_at=t,
+                                         valid_until=t + 10**9) for i in range(200)], key)
+                       for b in range(8)]
+            answered = 0
+            terminated = False
+
+            async def send(batch: list) -> None:  # type: ignore[type-arg]
+                nonlocal answered, terminated
+                try:
+                    status, body, _ = await post(s, proc.url, batch)
+                except aiohttp.ClientError:
+                    return  # refused after SIGTERM: never acknowledged
+                assert status in (200, 503), body
+                if status == 200:
+                    for signed, result in zip(batch, body["results"], strict=True):
+                        acked[signed.id] = result["index"]
+                    answered += 1
+                if not terminated:
+                    terminated = True
+                    assert proc.proc is not None
+                    proc.proc.terminate()  # the other batches are still in flight
+
+            await asyncio.gather(*(send(b) for b in batches))
+            return answered
+
+    answered = asyncio.run(load())
+    assert proc.proc is not None and proc.proc.wait(30) == 0, proc.stderr()
+    assert answered >= 1
+    proc.start()
+
+    async def check() -> None:
+        async with aiohttp.ClientSession() as s:
+            for event_id, index in acked.items():
+                async with s.get(f"{proc.url}/v1/events/{event_id.hex()}") as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["index"] == index
+
+    asyncio.run(check())
+    assert proc.stop() == 0
