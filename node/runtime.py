@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import time
@@ -66,6 +67,15 @@ async def _origin(storage: Storage, config: NodeConfig) -> str:
     return origin
 
 
+async def _checkpoint_wal_every(storage: Storage, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)  # a timer, not synchronisation
+        try:
+            await storage.checkpoint_wal()
+        except Exception:  # a failed checkpoint loses nothing: the WAL still holds it all
+            log.exception("WAL checkpoint failed")
+
+
 @contextlib.asynccontextmanager
 async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
     """Open storage, verify it, start the sequencer; on exit, finish the batch in flight."""
@@ -84,6 +94,9 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
             return open_checkpoint(note, verifier_of_log)[0]
 
         state, tree, checkpoint = await recover(storage, open_note)
+        # The recovered state is long-lived and acyclic: keep the cyclic collector from
+        # walking it again and again (each full pass would stall the event loop).
+        gc.freeze()
         metrics = Metrics(tree_size=tree.size)
         sequencer = Sequencer(
             storage=storage, state=state, tree=tree,
@@ -94,6 +107,7 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
             max_commit_entries=config.max_commit_entries,
         )
         task = asyncio.create_task(sequencer.run(), name="sequencer")
+        wal_task = asyncio.create_task(_checkpoint_wal_every(storage, 1.0), name="wal")
         try:
             if state.size == 0:
                 genesis = Genesis(origin=origin, operator_key=public_bytes(operator_key),
@@ -105,6 +119,8 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
             yield NodeRuntime(config, origin, log_vkey, public_bytes(operator_key), storage,
                               state, tree, sequencer, verifier, metrics)
         finally:
+            wal_task.cancel()
+            await asyncio.gather(wal_task, return_exceptions=True)
             await sequencer.drain()
             try:
                 await asyncio.wait_for(task, timeout=30)

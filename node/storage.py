@@ -54,8 +54,10 @@ class TileRow:
 
 
 class Storage:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
+        self._path = path
+        self._checkpointer: aiosqlite.Connection | None = None
 
     @classmethod
     async def open(cls, path: Path) -> Storage:
@@ -63,11 +65,14 @@ class Storage:
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
+            # WAL checkpoints run from another connection (checkpoint_wal), so that copying
+            # pages back into the database never stalls a commit that clients wait on.
+            await db.execute("PRAGMA wal_autocheckpoint=0")
             result = await (await db.execute("PRAGMA quick_check")).fetchone()
             if result is None or result[0] != "ok":
                 raise StorageError(f"{path}: SQLite integrity check failed: {result}")
             await db.executescript(_SCHEMA)
-            storage = cls(db)
+            storage = cls(db, path)
             version = await storage.get_meta("schema_version")
             if version is None:
                 await storage.set_meta("schema_version", str(SCHEMA_VERSION).encode())
@@ -82,7 +87,15 @@ class Storage:
             raise
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
         await self._db.close()
+
+    async def checkpoint_wal(self) -> None:
+        """Copy committed WAL pages into the database without blocking the writer."""
+        if self._checkpointer is None:
+            self._checkpointer = await aiosqlite.connect(self._path, isolation_level=None)
+        await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def get_meta(self, key: str) -> bytes | None:
         cursor = await self._db.execute("SELECT value FROM meta WHERE key=?", (key,))
