@@ -18,6 +18,7 @@ import dataclasses
 import enum
 from collections.abc import Iterator
 
+from ledger.codec import build_checked
 from ledger.commitment import token_matches
 from ledger.entry import GENESIS_PREV, LogEntry
 from ledger.errors import RejectedError
@@ -242,7 +243,9 @@ class LedgerState:
         self.check(signed, log_time)
         if not signature_verified:
             self.verify(signed)
-        entry = LogEntry(index=self.size, time=log_time, prev=self.prev, signed=signed)
+        # Every field is the state's own or an envelope that exists (so is valid).
+        entry = build_checked(LogEntry, index=self.size, time=log_time, prev=self.prev,
+                              signed=signed)
         self._apply(entry)
         return entry
 
