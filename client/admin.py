@@ -17,17 +17,17 @@ import base64
 import binascii
 import dataclasses
 import re
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from client.command import Parser, UsageError, run_command
 from client.errors import ClientError, ProblemError
 from client.keys import generate_key_file, load_private_key
 from client.log_client import Accepted, LogClient
-from ledger.errors import DecodeError, LedgerError
+from ledger.errors import DecodeError
 from ledger.events import (
     KEY_ID_SIZE,
     KEY_SIZE,
@@ -48,15 +48,6 @@ _HINTS = {"controller": "a lowercase DNS-style name such as shop.example",
           "policy_url": "an https:// URL"}
 
 
-class UsageError(Exception):
-    """Bad arguments: exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -64,8 +55,8 @@ def now_ms() -> int:
 # ---------------------------------------------------------------- keygen
 
 
-def _keygen_parser() -> _Parser:
-    p = _Parser(prog="consent-ledger keygen",
+def _keygen_parser() -> Parser:
+    p = Parser(prog="consent-ledger keygen",
                 description="Write a new Ed25519 key (PKCS#8 PEM, mode 0600) and print its "
                             "public key and key id.")
     p.add_argument("--out", required=True, metavar="FILE",
@@ -82,17 +73,17 @@ def keygen(argv: Sequence[str]) -> str:
 
 
 def keygen_main(argv: Sequence[str]) -> int:
-    return _run("keygen", lambda: keygen(argv))
+    return run_command("keygen", lambda: keygen(argv))
 
 
 # ---------------------------------------------------------------- controller
 
 
-def _controller_parser() -> _Parser:
-    p = _Parser(prog="consent-ledger controller",
+def _controller_parser() -> Parser:
+    p = Parser(prog="consent-ledger controller",
                 description="Admit, rotate and retire controller keys (signed by the operator).")
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION",
-                           parser_class=_Parser)
+                           parser_class=Parser)
 
     def common(name: str, help: str) -> argparse.ArgumentParser:
         a = sub.add_parser(name, help=help, description=help)
@@ -236,39 +227,4 @@ def controller(argv: Sequence[str]) -> str:
 
 
 def controller_main(argv: Sequence[str]) -> int:
-    return _run("controller", lambda: controller(argv))
-
-
-# ---------------------------------------------------------------- shared
-
-
-def _run(command: str, body: Callable[[], str]) -> int:
-    """Run a command body that returns its output; map every failure to one line.
-
-    Key files that are missing, unreadable or not Ed25519 exit 1, as in `demo`: the
-    arguments were well formed, the file was not.
-    """
-    prog = f"consent-ledger {command}"
-    try:
-        out = body()
-    except UsageError as exc:
-        print(f"{prog}: error: {_one_line(exc)} (see --help)", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help printed its text
-        return exc.code if isinstance(exc.code, int) else 0
-    except KeyboardInterrupt:
-        return 130
-    except (ClientError, LedgerError, OSError, aiohttp.ClientError, TimeoutError) as exc:
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # the promise is no traceback, even for a bug of ours
-        print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(exc)}",
-              file=sys.stderr)
-        return 1
-    print(out)
-    return 0
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:500]
+    return run_command("controller", lambda: controller(argv))

@@ -8,14 +8,12 @@ ends by re-proving a sample of entries against the final checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import hashlib
 import math
 import os
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -24,12 +22,12 @@ from pathlib import Path
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from client.command import Parser, run_command
 from client.errors import ClientError, KeyFileError
 from client.keys import generate_key_file, load_private_key
 from client.log_client import Accepted, LogClient, Rejected, SubmitResult, VerifiedCheckpoint
 from client.wire import MAX_BATCH_ITEMS
 from ledger.commitment import new_salt, new_token, subject_commitment, token_hash
-from ledger.errors import LedgerError
 from ledger.events import ControllerRegister, Event, Grant, Notice, Revoke
 from ledger.signed import (
     SignedEvent,
@@ -415,17 +413,8 @@ async def _resample(client: LogClient, final: VerifiedCheckpoint,
 # ---------------------------------------------------------------- command line
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(message)
-
-
-def _parser() -> _Parser:
-    p = _Parser(prog="consent-ledger demo",
+def _parser() -> Parser:
+    p = Parser(prog="consent-ledger demo",
                 description="Drive a realistic consent workload into a log and verify it.")
     p.add_argument("--log", required=True, metavar="URL", help="the node's base URL")
     p.add_argument("--operator-key", required=True, metavar="FILE",
@@ -448,31 +437,12 @@ def _parser() -> _Parser:
 
 def demo_main(argv: Sequence[str]) -> int:
     """`consent-ledger demo ...`: 0 on success, 2 on bad usage, 1 on any other error."""
-    try:
+
+    def body() -> str:
         args = _parser().parse_args(list(argv))
-    except _UsageError as exc:
-        print(f"consent-ledger demo: error: {exc} (see --help)", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help printed its text
-        return exc.code if isinstance(exc.code, int) else 0
-    try:
-        report = asyncio.run(run_demo(
+        return asyncio.run(run_demo(
             args.log, args.operator_key, args.events, concurrency=args.concurrency,
             batch=args.batch, log_key=args.log_key, controller_key_path=args.controller_key,
-            seed=args.seed))
-    except KeyboardInterrupt:
-        return 130
-    except (ClientError, LedgerError, OSError, aiohttp.ClientError, TimeoutError) as exc:
-        print(f"consent-ledger demo: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # the promise is no traceback, even for a bug of ours
-        print(f"consent-ledger demo: internal error: {type(exc).__name__}: {_one_line(exc)}",
-              file=sys.stderr)
-        return 1
-    print(report.format())
-    return 0
+            seed=args.seed)).format()
 
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:500]
+    return run_command("demo", body)

@@ -203,6 +203,16 @@ class Bin(Spec):
             raise OversizeError(f"longer than {self.max_len} bytes", field=path)
 
 
+def _check_each(item: Spec, values: Sequence[Any], path: str) -> None:
+    """Check list items against one spec; only a failure pays for naming its index."""
+    check = item.check
+    for i, value in enumerate(values):
+        try:
+            check(value, path)
+        except DecodeError as exc:
+            raise type(exc)(exc.reason, field=f"{path}[{i}]") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class SortedSet(Spec):
     """A list standing for a set: canonical only when strictly ascending."""
@@ -235,13 +245,9 @@ class SortedSet(Spec):
             raise FieldValueError(
                 f"needs {self.min_items} to {self.max_items} items, got {len(items)}", field=path
             )
-        check = self.item.check
-        for i, item in enumerate(items):
-            try:
-                check(item, path)
-            except DecodeError as exc:
-                raise type(exc)(exc.reason, field=f"{path}[{i}]") from None
-            if i and not items[i - 1] < item:
+        _check_each(self.item, items, path)
+        for i in range(1, len(items)):
+            if not items[i - 1] < items[i]:
                 raise NonCanonicalError("items must be unique and sorted ascending", field=path)
         return items
 
@@ -269,12 +275,7 @@ class Seq(Spec):
             raise FieldTypeError(f"expected an array, got {_kind(value)}", field=path)
         if len(value) > self.max_items:
             raise OversizeError(f"more than {self.max_items} items", field=path)
-        check = self.item.check
-        for i, item in enumerate(value):
-            try:
-                check(item, path)
-            except DecodeError as exc:
-                raise type(exc)(exc.reason, field=f"{path}[{i}]") from None
+        _check_each(self.item, value, path)
         return tuple(value)
 
     def encode(self, value: Any) -> Any:
