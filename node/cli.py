@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from client.command import one_line
+from client.errors import ClientError
+from ledger.errors import LedgerError
 from node.app import create_app
 from node.config import ConfigError, NodeConfig, load_config
 from node.logs import setup_logging
@@ -100,11 +104,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return await _up_demo(url, cfg, events, args.once)
 
         return asyncio.run(_serve(config, then=demo, once=args.once))
-    except (ConfigError, StorageError, OSError) as exc:
-        print(f"consent-ledger: error: {exc}", file=sys.stderr)
+    except (ConfigError, StorageError, ClientError, LedgerError, OSError) as exc:
+        print(f"consent-ledger: error: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # no traceback for the user; the log keeps it
+        logging.getLogger("consent_ledger.node").exception("node failed")
+        print(f"consent-ledger: internal error: {type(exc).__name__}: {one_line(exc)}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -56,3 +56,13 @@ def test_demo_against_no_node_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreadable_key_file_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "log.key").write_text("not a key\n")
+    result = run("node", "--data", str(data), "--port", "0")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "log.key" in result.stderr
