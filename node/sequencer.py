@@ -179,7 +179,14 @@ class Sequencer:
             note = self._sign_checkpoint(Checkpoint(self._origin, tree.size, tree.root()))
             tiles = [TileRow(t.level, t.index, tree.tile_hashes(t.level, t.index, t.width))
                      for t in tree.tiles_touched(old_size, tree.size)]
-            await self._storage.commit_batch(rows, tiles, tree.size, note)
+            try:
+                await self._storage.commit_batch(rows, tiles, tree.size, note)
+            except BaseException as exc:
+                failure = UnavailableError(f"storage failure: {exc}")
+                for p, _ in taken:
+                    if not p.future.done():
+                        p.future.set_exception(failure)
+                raise
             self.committed_size = tree.size
             self.checkpoint = note
             self._metrics.observe_commit(len(rows), time.perf_counter() - started, tree.size)
