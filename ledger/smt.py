@@ -1,0 +1,184 @@
+"""The status map: an in-memory compressed sparse Merkle tree (see ledger.smt_proof).
+
+Nodes are small sequences rather than objects, which is what keeps a million keys fast
+and within a few hundred megabytes:
+
+    branching  [shift, left, right, hash]   a list: children change as keys arrive
+    leaf       (-1, key, value_hash, hash)  a tuple: the cyclic GC stops tracking it
+
+`shift` is 255 - depth, so that a key's bit at the branching is `k >> shift & 1` on
+the key as an integer, and -1 (no branching) marks a leaf. `hash` is None only
+while set or set_many have the node pending, between placing a leaf and rehashing. The
+map only grows: a status, once recorded, is replaced by the next one, never removed,
+so there is no deletion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from ledger.codec import build_checked
+from ledger.smt_proof import (
+    EMPTY,
+    HASH_SIZE,
+    KEY_SIZE,
+    LEAF_TAG,
+    NODE_PREFIX,
+    MapProof,
+    MapProofError,
+    leaf_hash,
+    map_key,
+    node_hash,
+    verify_map_proof,
+)
+
+__all__ = ["EMPTY", "MapProof", "MapProofError", "StatusMap", "leaf_hash", "map_key",
+           "node_hash", "verify_map_proof"]
+
+_sha256 = hashlib.sha256
+# Indexed by shift (255 - depth): the hot loops never compute the depth.
+_PREFIX_BY_SHIFT = tuple(reversed(NODE_PREFIX))
+
+Node = list[Any]  # a branching; leaves are tuples, see the module docstring
+
+
+def _check(key: bytes, value_hash: bytes) -> None:
+    if type(key) is not bytes or len(key) != KEY_SIZE:
+        raise ValueError(f"a map key must be {KEY_SIZE} bytes")
+    if type(value_hash) is not bytes or len(value_hash) != HASH_SIZE:
+        raise ValueError(f"a value hash must be {HASH_SIZE} bytes")
+
+
+class StatusMap:
+    """Map from 32-byte keys to 32-byte value hashes, with a root and proofs."""
+
+    __slots__ = ("_len", "_root")
+
+    def __init__(self) -> None:
+        self._root: Any = None  # None, a leaf or a branching
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def root(self) -> bytes:
+        return EMPTY if self._root is None else self._root[3]  # type: ignore[no-any-return]
+
+    def get(self, key: bytes) -> bytes | None:
+        node = self._root
+        if node is None:
+            return None
+        k = int.from_bytes(key, "big")
+        while node[0] >= 0:
+            node = node[2] if k >> node[0] & 1 else node[1]
+        return node[2] if node[1] == key else None  # type: ignore[no-any-return]
+
+    def set(self, key: bytes, value_hash: bytes) -> None:
+        """Insert or replace one key, rehashing its path."""
+        _check(key, value_hash)
+        sha = _sha256
+        prefix = _PREFIX_BY_SHIFT
+        for node in reversed(self._put(key, value_hash)):
+            node[3] = sha(prefix[node[0]] + node[1][3] + node[2][3]).digest()
+
+    def set_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Insert or replace many keys (the last value of a repeated key wins).
+
+        Every node on the touched paths is hashed once, however many keys share it.
+        All items are checked before the map changes.
+        """
+        latest = dict(items)
+        for key, value_hash in latest.items():
+            _check(key, value_hash)
+        put = self._put
+        for key in sorted(latest):  # in key order, consecutive paths share cached nodes
+            for node in put(key, latest[key]):
+                node[3] = None  # pending
+        node = self._root
+        if node is None or node[3] is not None:
+            return
+        # Depth first, left to right: a node is hashed right after its pending children,
+        # while they are still in the CPU cache. Leaves (tuples) are never pending.
+        sha = _sha256
+        prefix = _PREFIX_BY_SHIFT
+        stack = [node]
+        push = stack.append
+        while stack:
+            node = stack[-1]
+            left, right = node[1], node[2]
+            if left[3] is None:
+                push(left)
+            elif right[3] is None:
+                push(right)
+            else:
+                node[3] = sha(prefix[node[0]] + left[3] + right[3]).digest()
+                stack.pop()
+
+    def _put(self, key: bytes, value_hash: bytes) -> list[Node]:
+        """Place the leaf; return the branchings above it, root first, to be rehashed.
+
+        A new branching comes with hash None, the others keep their stale hash.
+        """
+        leaf = (-1, key, value_hash, _sha256(LEAF_TAG + key + value_hash).digest())
+        node = self._root
+        if node is None:
+            self._root = leaf
+            self._len = 1
+            return []
+        k = int.from_bytes(key, "big")
+        path: list[Node] = []
+        append = path.append
+        while node[0] >= 0:
+            append(node)
+            node = node[2] if k >> node[0] & 1 else node[1]
+        if node[1] == key:
+            self._replace(path[-1] if path else None, k, leaf)
+            return path
+        # The new branching sits at the first bit where the key leaves the leaf's key,
+        # above the first node on the path that branches deeper than that.
+        shift = (k ^ int.from_bytes(node[1], "big")).bit_length() - 1
+        i = len(path)
+        while i and path[i - 1][0] < shift:
+            i -= 1
+        below = path[i] if i < len(path) else node
+        branch = [shift, below, leaf, None] if k >> shift & 1 else [shift, leaf, below, None]
+        del path[i:]
+        self._replace(path[-1] if path else None, k, branch)
+        path.append(branch)
+        self._len += 1
+        return path
+
+    def _replace(self, parent: Node | None, k: int, child: Any) -> None:
+        if parent is None:
+            self._root = child
+        elif k >> parent[0] & 1:
+            parent[2] = child
+        else:
+            parent[1] = child
+
+    def prove(self, key: bytes) -> MapProof:
+        """The key's presence proof, or its absence proof if it is not in the map."""
+        if type(key) is not bytes or len(key) != KEY_SIZE:
+            raise ValueError(f"a map key must be {KEY_SIZE} bytes")
+        node = self._root
+        if node is None:
+            return MapProof(depths=b"", siblings=())
+        k = int.from_bytes(key, "big")
+        depths = bytearray()
+        siblings = []
+        while node[0] >= 0:
+            shift = node[0]
+            depths.append(255 - shift)
+            if k >> shift & 1:
+                siblings.append(node[1][3])
+                node = node[2]
+            else:
+                siblings.append(node[2][3])
+                node = node[1]
+        # The tree's own hashes, so only the cross-field rules need to run.
+        if node[1] == key:
+            return build_checked(MapProof, depths=bytes(depths), siblings=tuple(siblings))
+        return build_checked(MapProof, depths=bytes(depths), siblings=tuple(siblings),
+                             key=node[1], value=node[2])
