@@ -206,3 +206,42 @@ def test_sigterm_finishes_the_batches_in_flight(tmp_path: Path) -> None:
 
     asyncio.run(check())
     assert proc.stop() == 0
+
+
+def test_a_failed_commit_acknowledges_nothing_and_stops_writes(tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock: the commit fails after the busy timeout."""
+    proc = NodeProcess(tmp_path / "data", "--origin", "test.example/stuck")
+    proc.start()
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as s:
+            key = await register_controller(s, proc.url, proc.data_dir / "operator.key")
+            t = now_ms()
+            blocked = sign_batch([grant(subject=b"s" * 32, consented_at=t,
+                                        valid_until=t + 10**9)], key)
+            locker = sqlite3.connect(proc.data_dir / "ledger.sqlite", isolation_level=None)
+            locker.execute("BEGIN IMMEDIATE")  # holds the write lock
+            try:
+                status, problem, headers = await post(s, proc.url, blocked)
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            assert status == 503, problem
+            assert problem["type"].endswith("/unavailable")
+            assert "Retry-After" in headers
+            async with s.get(f"{proc.url}/readyz") as resp:
+                assert resp.status == 503  # a node whose state ran ahead of disk stops
+            status, problem, _ = await post(s, proc.url, blocked)
+            assert status == 503
+
+    asyncio.run(scenario())
+    assert proc.stop() == 0
+    proc.start()  # recovery from disk: the failed batch was never acknowledged nor stored
+
+    async def after() -> None:
+        async with aiohttp.ClientSession() as s, s.get(f"{proc.url}/readyz") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["size"] == 2  # genesis and the registration
+
+    asyncio.run(after())
+    assert proc.stop() == 0
