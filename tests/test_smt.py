@@ -224,6 +224,24 @@ def test_inputs_are_checked() -> None:
         m.prove(BASE[:31])
 
 
+def test_every_proof_of_every_small_map() -> None:
+    # Keys that differ in a few bits near the top and the bottom: every shape of small
+    # trie, including branchings at depth 0 and 255 and long unbranched prefixes.
+    bits = (0, 3, 100, 200, 255)
+    pool = [near(frozenset(b for j, b in enumerate(bits) if (i * 7 % 32) >> j & 1))
+            for i in range(32)]
+    absent = [near(frozenset({1, 254})), near(frozenset({0, 3, 201})), flip(BASE, 100)]
+    for n in range(len(pool) + 1):
+        items = {k: value(i) for i, k in enumerate(pool[:n])}
+        m = StatusMap()
+        m.set_many(items.items())
+        assert m.root() == ref_root(items) == build(items).root()
+        for k in [*items, *absent]:
+            proof = m.prove(k)
+            assert proof == ref_proof(items, k)
+            verify_map_proof(m.root(), k, items.get(k), proof)
+
+
 # ---------------------------------------------------------------- properties
 
 
