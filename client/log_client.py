@@ -198,11 +198,11 @@ class LogClient:
         if old.size > new.size:
             raise ValueError(f"the old checkpoint ({old.size}) is larger than the new "
                              f"({new.size})")
-        evidence = {"checkpoint": new.note, "other_checkpoint": old.note}
         if old.size == new.size:
             if old.root != new.root:
                 raise LogVerificationError(f"two checkpoints of size {new.size} with different "
-                                           "roots: the log forked", size=new.size, **evidence)
+                                           "roots: the log forked", size=new.size,
+                                           checkpoint=new.note, other_checkpoint=old.note)
             return
         if old.size == 0:
             return
@@ -216,7 +216,8 @@ class LogClient:
         except ProofError as exc:
             raise LogVerificationError(
                 f"checkpoint {new.size} is not consistent with checkpoint {old.size}: {exc}",
-                proof=proof, size=new.size, index=old.size, **evidence) from None
+                proof=proof, size=new.size, index=old.size, checkpoint=new.note,
+                other_checkpoint=old.note) from None
 
     @staticmethod
     async def fetch_log_key(base_url: str, session: aiohttp.ClientSession) -> str:

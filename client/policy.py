@@ -159,9 +159,9 @@ class TrustPolicy:
     _compiled: _Compiled = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        decls: list[tuple[int | None, _Decl]] = [
-            *((None, d) for d in (*self.logs, *self.witnesses, *self.groups)),
-            (None, Quorum(NONE if self.quorum is None else self.quorum))]
+        declared: tuple[_Decl, ...] = (*self.logs, *self.witnesses, *self.groups,
+                                       Quorum(NONE if self.quorum is None else self.quorum))
+        decls: list[tuple[int | None, _Decl]] = [(None, d) for d in declared]
         object.__setattr__(self, "_compiled", _compile(decls))
 
     @property
@@ -344,11 +344,12 @@ def parse_policy(text: str | bytes) -> TrustPolicy:
     spec asks, but keys, names and URLs all end up in UTF-8 text elsewhere.
     """
     if isinstance(text, bytes):
+        raw = text
         try:
-            text = text.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = text[: exc.start].count(b"\n") + 1
-            raise PolicyError("not valid UTF-8", line=line) from None
+            raise PolicyError("not valid UTF-8",
+                              line=raw[: exc.start].count(b"\n") + 1) from None
     if len(text) > MAX_POLICY_SIZE:
         raise PolicyError(f"larger than {MAX_POLICY_SIZE} bytes")
     lines = text.split("\n")

@@ -352,7 +352,7 @@ class Record:
         if encoder is None:
             encoder = compile_to_wire(cls, _fields_of(cls), cls.WIRE_HEAD)
             cls._to_wire = encoder  # type: ignore[attr-defined]
-        return encoder(self)  # type: ignore[no-any-return]
+        return encoder(self)
 
     def encode(self) -> bytes:
         return pack(self.to_wire())
@@ -424,8 +424,9 @@ def _diagnose_keys(fields: tuple[_FieldInfo, ...], pairs: list[tuple[Any, Any]],
             raise UnknownFieldError("unknown field", field=_join(path, key))
     last = -1
     for f in fields:
-        pos = seen.get(f.name)
-        if pos is not None:
+        found = seen.get(f.name)
+        if found is not None:
+            pos = found
             if pos < last:
                 raise NonCanonicalError("key out of order", field=_join(path, f.name))
             last = pos
@@ -465,7 +466,7 @@ def decoder_of(cls: type[R]) -> Callable[[Any, str], R]:
             "_slow": decode_map, "_rewrap": _rewrap, "_join": _join, "_MISSING": _MISSING,
             "MissingFieldError": MissingFieldError, "DecodeError": DecodeError})
         cls._decoder = decoder  # type: ignore[attr-defined]
-    return decoder  # type: ignore[no-any-return]
+    return decoder
 
 
 def _join(path: str, key: str) -> str:

@@ -106,7 +106,7 @@ class Event(Record):
             cls.WIRE_HEAD = {"kind": cls.KIND}
 
     @classmethod
-    def decode(cls, data: bytes) -> Event:  # type: ignore[override]
+    def decode(cls, data: bytes) -> Event:
         event = decode_event(data)
         if not isinstance(event, cls):
             raise FieldValueError(f"expected a {cls.KIND} event, got {event.KIND}", field="kind")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -119,5 +119,5 @@ class ProblemResponse(web.HTTPException):
 
 
 def raise_problem(code: str, detail: str, headers: dict[str, str] | None = None,
-                  **extra: Any) -> None:
+                  **extra: Any) -> NoReturn:
     raise ProblemResponse(problem(code, detail, **extra), headers=headers)

@@ -178,7 +178,8 @@ class Sequencer:
             started = time.perf_counter()
             note = self._sign_checkpoint(Checkpoint(self._origin, tree.size, tree.root()))
             tiles = [TileRow(t.level, t.index, tree.tile_hashes(t.level, t.index, t.width))
-                     for t in tree.tiles_touched(old_size, tree.size)]
+                     for t in tree.tiles_touched(old_size, tree.size)
+                     if isinstance(t.level, int)]  # hash tiles only; entries live in rows
             try:
                 await self._storage.commit_batch(rows, tiles, tree.size, note)
             except BaseException as exc:

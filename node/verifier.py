@@ -8,6 +8,7 @@ chunk per thread. Envelopes that share a batch signature are checked once.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -83,7 +84,7 @@ class SignatureVerifier:
         for i in range(0, len(pending), step):
             chunk = pending[i:i + step]
             job = loop.run_in_executor(self._pool, _verify_chunk, [c for c, _ in chunk])
-            job.add_done_callback(lambda done, chunk=chunk: _settle(done, chunk))
+            job.add_done_callback(functools.partial(_settle, chunk=chunk))
 
     async def verify(self, state: LedgerState, items: Sequence[SignedEvent]) -> list[Verdict]:
         verdicts: list[Verdict | None] = [None] * len(items)
