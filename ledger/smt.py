@@ -64,7 +64,7 @@ class StatusMap:
         return self._len
 
     def root(self) -> bytes:
-        return EMPTY if self._root is None else self._root[3]  # type: ignore[no-any-return]
+        return EMPTY if self._root is None else self._root[3]
 
     def get(self, key: bytes) -> bytes | None:
         node = self._root
@@ -73,7 +73,7 @@ class StatusMap:
         k = int.from_bytes(key, "big")
         while node[0] >= 0:
             node = node[2] if k >> node[0] & 1 else node[1]
-        return node[2] if node[1] == key else None  # type: ignore[no-any-return]
+        return node[2] if node[1] == key else None
 
     def set(self, key: bytes, value_hash: bytes) -> None:
         """Insert or replace one key, rehashing its path."""
