@@ -81,7 +81,6 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
     """Open storage, verify it, start the sequencer; on exit, finish the batch in flight."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     log_key = _key(config.log_key_path)
-    operator_key = _key(config.operator_key_path)
     storage = await Storage.open(config.db_path)
     verifier = SignatureVerifier(config.verify_threads)
     try:
@@ -110,13 +109,17 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
         wal_task = asyncio.create_task(_checkpoint_wal_every(storage, 1.0), name="wal")
         try:
             if state.size == 0:
+                # The operator key is needed once, here; after genesis it may live offline.
+                operator_key = _key(config.operator_key_path)
                 genesis = Genesis(origin=origin, operator_key=public_bytes(operator_key),
                                   created_at=time.time_ns() // 1_000_000,
                                   max_skew_ms=config.max_skew_ms)
                 (future,) = sequencer.submit([(sign_event(genesis, operator_key), False)])
                 await future
                 log.info("created log", extra={"origin": origin})
-            yield NodeRuntime(config, origin, log_vkey, public_bytes(operator_key), storage,
+            assert state.operator_key_id is not None  # genesis is entry 0
+            operator_public = state.keys[state.operator_key_id].public_key
+            yield NodeRuntime(config, origin, log_vkey, operator_public, storage,
                               state, tree, sequencer, verifier, metrics)
         finally:
             wal_task.cancel()

@@ -342,3 +342,26 @@ def test_origin_cannot_change(tmp_path: Path) -> None:
 def test_operator_key_file_is_private(node: NodeProcess) -> None:
     assert (node.data_dir / "operator.key").stat().st_mode & 0o077 == 0
     load_key(node.data_dir / "operator.key")
+
+
+def test_operator_key_may_leave_the_node_after_genesis(tmp_path: Path) -> None:
+    import asyncio
+    import base64 as b64m
+
+    proc = NodeProcess(tmp_path / "data", "--origin", "test.example/offline")
+    proc.start()
+    operator = load_key(proc.data_dir / "operator.key")
+    assert proc.stop() == 0
+    (proc.data_dir / "operator.key").rename(tmp_path / "operator.key")  # kept offline
+    proc.start()
+    try:
+        async def keys() -> dict:
+            async with aiohttp.ClientSession() as s, s.get(f"{proc.url}/v1/keys") as resp:
+                return await resp.json()
+
+        from ledger.signed import public_bytes
+
+        assert b64m.b64decode(asyncio.run(keys())["operator"]) == public_bytes(operator)
+        assert not (proc.data_dir / "operator.key").exists()  # not silently recreated
+    finally:
+        assert proc.stop() == 0
