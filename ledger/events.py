@@ -229,9 +229,21 @@ class Revoke(Event):
             _check_namespaced(self.purposes, _DPV_PURPOSE, self.controller, "purposes")
 
 
+@dataclasses.dataclass(frozen=True)
+class StatusRoot(Event):
+    """Written by the log itself at the end of every batch: the root of the status map
+    (ledger/smt.py) over every entry before it. Unsigned: every replica and auditor
+    recomputes the map from the entries and refuses a root that differs."""
+
+    KIND: ClassVar[str] = "status-root"
+    size: int = spec(Int(1, 2**63 - 1))
+    map_root: bytes = spec(_hash)
+
+
 EVENT_KINDS: dict[str, type[Event]] = {
     cls.KIND: cls
-    for cls in (Genesis, ControllerRegister, ControllerRotate, ControllerRetire, Grant, Revoke)
+    for cls in (Genesis, ControllerRegister, ControllerRotate, ControllerRetire, Grant, Revoke,
+                StatusRoot)
 }
 ADMIN_KINDS = frozenset({"genesis", "controller-register", "controller-rotate",
                          "controller-retire"})

@@ -30,6 +30,7 @@ from ledger.events import (
     MAX_EVENT_SIZE,
     Event,
     Revoke,
+    StatusRoot,
     decode_event,
     event_hash,
 )
@@ -82,9 +83,14 @@ class SignedEvent(Record):
                     or self.body.by != "subject":
                 raise FieldValueError(
                     "a token only withdraws one grant, by the subject", field="token")
+        elif self.signer is None and self.sig is None and self.batch is None:
+            if not isinstance(self.body, StatusRoot):
+                raise FieldValueError("needs a signer and a sig, or a token", field="signer")
         elif self.signer is None or self.sig is None:
             raise FieldValueError("needs a signer and a sig, or a token",
                                   field="signer" if self.signer is None else "sig")
+        elif isinstance(self.body, StatusRoot):
+            raise FieldValueError("the log writes status roots unsigned", field="sig")
         _ = self.body  # decoding the event here makes an invalid one fail construction
 
     @lazy
@@ -143,6 +149,11 @@ def sign_batch(events: Sequence[Event], private_key: Ed25519PrivateKey) -> list[
                   batch=BatchPath(size=size, index=i, path=tuple(tree.inclusion_proof(i, size))))
         for i, (e, d) in enumerate(zip(events, datas, strict=True))
     ]
+
+
+def log_authored(event: StatusRoot) -> SignedEvent:
+    """An entry the log writes itself: no signature, checked by recomputation."""
+    return _envelope(event, event.encode())
 
 
 def token_revocation(revoke: Revoke, token: bytes) -> SignedEvent:

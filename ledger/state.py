@@ -15,7 +15,6 @@ the sequential part.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Iterator
 
 from ledger.codec import build_checked
@@ -30,18 +29,11 @@ from ledger.events import (
     Genesis,
     Grant,
     Revoke,
+    StatusRoot,
 )
 from ledger.signed import SignedEvent, key_id, verify_signature
-
-
-class ConsentStatus(enum.StrEnum):
-    """W3C DPV consent status terms."""
-
-    GIVEN = "ConsentGiven"
-    WITHDRAWN = "ConsentWithdrawn"  # by the person
-    REVOKED = "ConsentRevoked"  # by the controller
-    EXPIRED = "ConsentExpired"
-    UNKNOWN = "ConsentUnknown"  # never granted
+from ledger.smt import StatusMap, map_key
+from ledger.status import ConsentStatus, PurposeStatus
 
 
 @dataclasses.dataclass
@@ -61,23 +53,6 @@ class GrantState:
     valid_until: int
     token_hash: bytes
     revoked_at: int | None = None  # entry index of the revocation that named this grant
-
-
-@dataclasses.dataclass(frozen=True)
-class PurposeStatus:
-    """The latest event for one (controller, subject, purpose)."""
-
-    index: int  # entry index of that event
-    grant: bytes  # event hash of the grant it concerns
-    valid_until: int
-    withdrawn_by: str | None  # None while granted; "subject" or "controller" once withdrawn
-
-    def status(self, now_ms: int) -> ConsentStatus:
-        if self.withdrawn_by == "subject":
-            return ConsentStatus.WITHDRAWN
-        if self.withdrawn_by == "controller":
-            return ConsentStatus.REVOKED
-        return ConsentStatus.GIVEN if now_ms < self.valid_until else ConsentStatus.EXPIRED
 
 
 def claimed_time(event: Event) -> int:
@@ -110,6 +85,8 @@ class LedgerState:
         self.controllers: dict[str, ControllerRegister] = {}
         self.grants: dict[bytes, GrantState] = {}
         self.statuses: dict[tuple[str, bytes, str], PurposeStatus] = {}
+        self.map = StatusMap()
+        self._map_dirty: dict[bytes, bytes] = {}
         self._ids: dict[bytes, int] = {}
 
     # ---------------------------------------------------------------- queries
@@ -131,8 +108,9 @@ class LedgerState:
                 yield kid
 
     def signer_key(self, signed: SignedEvent) -> bytes | None:
-        """The public key the envelope must be verified against (None for a token)."""
-        if signed.token is not None:
+        """The public key the envelope must be verified against (None: nothing to verify,
+        a token or a status root, which the state checks itself)."""
+        if signed.token is not None or signed.signer is None:
             return None
         body = signed.body
         if self.size == 0 and isinstance(body, Genesis):
@@ -162,6 +140,15 @@ class LedgerState:
             return
         if isinstance(body, Genesis):
             raise RejectedError("genesis-exists", "this log already has its genesis entry")
+        if isinstance(body, StatusRoot):
+            if body.size != self.size:
+                raise RejectedError("bad-status-root", f"a status root at entry {self.size} "
+                                    f"claims to cover {body.size} entries")
+            if body.map_root != self.map_root():
+                raise RejectedError("bad-status-root",
+                                    f"the status root at entry {self.size} is not the root of "
+                                    "the map the entries before it make")
+            return
         skew = abs(claimed_time(body) - log_time)
         if skew > self.max_skew_ms:
             raise RejectedError(
@@ -291,8 +278,9 @@ class LedgerState:
                 self.grants[gid] = GrantState(index, body.controller, body.subject,
                                               body.purposes, body.valid_until, body.token_hash)
                 for purpose in body.purposes:
-                    self.statuses[(body.controller, body.subject, purpose)] = PurposeStatus(
-                        index, gid, body.valid_until, None)
+                    self._set_status((body.controller, body.subject, purpose), build_checked(
+                        PurposeStatus, index=index, grant=gid, valid_until=body.valid_until,
+                        withdrawn_by=None))
             case Revoke():
                 self._apply_revoke(body, index)
         self._ids[signed.id] = index
@@ -317,4 +305,17 @@ class LedgerState:
             # A newer grant for the same purpose is not withdrawn by revoking an older one.
             if only_grant is not None and latest.grant != only_grant:
                 continue
-            self.statuses[key] = dataclasses.replace(latest, index=index, withdrawn_by=body.by)
+            self._set_status(key, dataclasses.replace(latest, index=index,
+                                                      withdrawn_by=body.by))
+
+    def _set_status(self, key: tuple[str, bytes, str], status: PurposeStatus) -> None:
+        self.statuses[key] = status
+        # The map itself is updated in one pass per batch, when its root is asked for.
+        self._map_dirty[map_key(*key)] = status.value_hash()
+
+    def map_root(self) -> bytes:
+        """The status map's root over every entry so far."""
+        if self._map_dirty:
+            self.map.set_many(self._map_dirty.items())
+            self._map_dirty = {}
+        return self.map.root()
