@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from aiohttp import web
 from client.wire import decode_body, decode_json_body
 from ledger.errors import DecodeError, RejectedError
 from ledger.signed import SignedEvent
+from ledger.smt import map_key
+from ledger.status import ConsentStatus
 from ledger.tiles import encode_entry_bundle, parse_tile_path
 from node.problems import ProblemResponse, problem_of, raise_problem
 from node.runtime import RUNTIME, NodeRuntime
@@ -212,6 +215,41 @@ async def get_consistency(request: web.Request) -> web.Response:
     return web.json_response({"from": old, "to": new, "proof": [b64(h) for h in proof]})
 
 
+async def get_status(request: web.Request) -> web.Response:
+    """The current status of (controller, subject, purpose), proven.
+
+    The answer holds the status map proof against the status root that closes the
+    checkpoint (its last entry), that entry with its inclusion proof, and the checkpoint:
+    a client checks all of it (client/status.py) and trusts none of it.
+    """
+    rt = _runtime(request)
+    controller = request.query.get("controller", "")
+    purpose = request.query.get("purpose", "")
+    if not controller or not purpose:
+        raise_problem("out-of-range", "give ?controller=&subject=&purpose=")
+    subject = _hash_param(request.query.get("subject", ""), "subject")
+    while not rt.sequencer.map_stable.is_set():  # a batch's root is being committed
+        await rt.sequencer.map_stable.wait()
+    # From here to the response nothing awaits until the proofs are taken, so the map,
+    # the tree and the checkpoint are the ones of the same committed batch.
+    size = rt.sequencer.committed_size
+    checkpoint = rt.sequencer.checkpoint
+    proof = rt.state.map.prove(map_key(controller, subject, purpose))
+    latest = rt.state.statuses.get((controller, subject, purpose))
+    inclusion = rt.tree.inclusion_proof(size - 1, size)
+    (root_entry,) = await rt.storage.entry_data(size - 1, size)  # immutable once written
+    now = time.time_ns() // 1_000_000
+    return web.json_response({
+        "status": latest.status(now) if latest else ConsentStatus.UNKNOWN.value,
+        "value": b64(latest.encode()) if latest else None,
+        "map_proof": b64(proof.encode()),
+        "root_index": size - 1,
+        "root_entry": b64(root_entry),
+        "inclusion_proof": [b64(h) for h in inclusion],
+        "checkpoint": checkpoint.decode(),
+    })
+
+
 async def get_keys(request: web.Request) -> web.Response:
     rt = _runtime(request)
     return web.json_response({"origin": rt.origin, "log": rt.log_vkey,
@@ -256,6 +294,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/proofs/inclusion", get_inclusion)
     app.router.add_get("/v1/proofs/consistency", get_consistency)
     app.router.add_get("/v1/keys", get_keys)
+    app.router.add_get("/v1/status", get_status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 
 from ledger.checkpoint import Checkpoint
 from ledger.errors import OversizeError, RejectedError, SignatureError
-from ledger.signed import SignedEvent
+from ledger.events import StatusRoot
+from ledger.signed import SignedEvent, log_authored
 from ledger.state import LedgerState
 from ledger.tree import MerkleTree
 from node.metrics import Metrics
@@ -90,6 +91,9 @@ class Sequencer:
         self._failed: BaseException | None = None
         self.committed_size = tree.size
         self.checkpoint = checkpoint
+        # Set while the status map is the one the latest checkpoint commits to.
+        self.map_stable = asyncio.Event()
+        self.map_stable.set()
 
     # ---------------------------------------------------------------- submitting
 
@@ -175,6 +179,14 @@ class Sequencer:
             taken.append((p, outcome))
         self._metrics.queue_depth = len(self._queue)
         if rows:
+            # Every batch ends with the log's own status root, so the last entry of every
+            # checkpoint commits to the status map over all entries before it.
+            self.map_stable.clear()
+            root = state.admit(log_authored(StatusRoot(size=state.size,
+                                                       map_root=state.map_root())),
+                               now, signature_verified=True)
+            tree.append(root.leaf_hash)
+            rows.append((root.index, root.signed.id, root.leaf_hash, root.encoded))
             started = time.perf_counter()
             note = self._sign_checkpoint(Checkpoint(self._origin, tree.size, tree.root()))
             tiles = [TileRow(t.level, t.index, tree.tile_hashes(t.level, t.index, t.width))
@@ -190,6 +202,7 @@ class Sequencer:
                 raise
             self.committed_size = tree.size
             self.checkpoint = note
+            self.map_stable.set()
             self._metrics.observe_commit(len(rows), time.perf_counter() - started, tree.size)
         done = time.perf_counter()
         for p, outcome in taken:

@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ledger.errors import LedgerError, RejectedError
+from ledger.events import StatusRoot
 from ledger.signed import SignedEvent, key_id
 from ledger.state import LedgerState
 
@@ -90,6 +91,9 @@ class SignatureVerifier:
         verdicts: list[Verdict | None] = [None] * len(items)
         unique: dict[_Check, list[int]] = {}
         for i, signed in enumerate(items):
+            if isinstance(signed.body, StatusRoot):
+                verdicts[i] = RejectedError("log-authored", "only the log writes status roots")
+                continue
             if signed.token is not None:
                 verdicts[i] = True  # the state machine checks the token against the grant
                 continue

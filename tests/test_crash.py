@@ -139,7 +139,12 @@ def test_missing_entry_is_refused(stopped_node: NodeProcess) -> None:
 
 
 def test_forged_checkpoint_is_refused(stopped_node: NodeProcess) -> None:
-    _sql(stopped_node, "UPDATE checkpoints SET note = CAST(replace(note, '22', '23') AS BLOB)")
+    db = sqlite3.connect(stopped_node.data_dir / "ledger.sqlite")
+    size, note = db.execute("SELECT size, note FROM checkpoints ORDER BY size DESC").fetchone()
+    db.close()
+    origin, size_line, rest = bytes(note).split(b"\n", 2)
+    forged = b"\n".join([origin, str(int(size_line) + 1).encode(), rest])
+    _sql(stopped_node, "UPDATE checkpoints SET note = ? WHERE size = ?", forged, size)
     _refused(stopped_node, "checkpoint")
 
 
@@ -241,7 +246,8 @@ def test_a_failed_commit_acknowledges_nothing_and_stops_writes(tmp_path: Path) -
     async def after() -> None:
         async with aiohttp.ClientSession() as s, s.get(f"{proc.url}/readyz") as resp:
             assert resp.status == 200
-            assert (await resp.json())["size"] == 2  # genesis and the registration
+            # genesis and the registration, each closed by its status root
+            assert (await resp.json())["size"] == 4
 
     asyncio.run(after())
     assert proc.stop() == 0
