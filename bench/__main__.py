@@ -7,7 +7,8 @@ import platform
 import sys
 import time
 
-SUITES = ["bench.bench_merkle", "bench.bench_events", "bench.bench_smt", "bench.bench_node"]
+SUITES = ["bench.bench_merkle", "bench.bench_events", "bench.bench_smt", "bench.bench_node",
+          "bench.bench_status"]
 
 
 def main() -> None:
