@@ -230,6 +230,9 @@ async def get_status(request: web.Request) -> web.Response:
     subject = _hash_param(request.query.get("subject", ""), "subject")
     while not rt.sequencer.map_stable.is_set():  # a batch's root is being committed
         await rt.sequencer.map_stable.wait()
+    if not rt.sequencer.healthy:
+        raise_problem("unavailable", "the sequencer has stopped after a storage failure",
+                      headers={"Retry-After": "5"})
     # From here to the response nothing awaits until the proofs are taken, so the map,
     # the tree and the checkpoint are the ones of the same committed batch.
     size = rt.sequencer.committed_size

@@ -138,6 +138,7 @@ class Sequencer:
             # State is now ahead of disk: stop taking writes; a restart recovers from disk.
             log.exception("sequencer stopped: storage failure")
             self._failed = exc
+            self.map_stable.set()  # release status readers: they see `healthy` is false
             self._fail_pending(UnavailableError(f"storage failure: {exc}"))
 
     async def drain(self) -> None:
