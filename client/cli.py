@@ -14,6 +14,10 @@ commands:
   keygen    write a new Ed25519 key file            (consent-ledger keygen --help)
   controller register|rotate|retire
             manage controller keys (operator)       (consent-ledger controller --help)
+  grant     record a consent, write its receipt     (consent-ledger grant --help)
+  revoke    revoke a grant (controller or person)   (consent-ledger revoke --help)
+  status    a consent's current status, verified    (consent-ledger status --help)
+  verify    replay the whole log from genesis       (consent-ledger verify --help)
 """
 
 
@@ -34,6 +38,10 @@ def main(argv: Sequence[str]) -> int:
         from client.admin import controller_main
 
         return controller_main(rest)
+    if command in ("grant", "revoke", "status", "verify"):
+        from client.consent_cli import consent_main
+
+        return consent_main(command, rest)
     print(f"consent-ledger: error: unknown command {command!r} (see consent-ledger --help)",
           file=sys.stderr)
     return 2
