@@ -508,7 +508,8 @@ def verify(argv: Sequence[str]) -> str:
         ("verified", f"{log.state.size} entries from genesis, every signature and link "
                      "checked"),
         ("checkpoint", f"size {cp.size}, root {root}"),
-        ("grants", len(grants)), ("revoked", revoked), ("log key", source)])
+        ("grants", f"{len(grants)} ({revoked} since revoked or withdrawn)"),
+        ("log key", source)])
 
 
 # ---------------------------------------------------------------- entry points
