@@ -119,6 +119,7 @@ class ConsentClient:
         # The last checkpoint of each origin this process proved into the store: while
         # the node's checkpoint has not grown, the store's file is not read again.
         self._trusted: dict[str, Checkpoint] = {}
+        self._last: TrustedCheckpoint | None = None  # the last note the policy accepted
         self._advancing = asyncio.Lock()
 
     # ---------------------------------------------------------------- lifecycle
@@ -221,7 +222,14 @@ class ConsentClient:
         # Under `quorum none` no age can be judged, and the policy says so by raising
         # CheckpointStale if asked: only the log signature is checked then.
         max_age = self.max_age_s if self.policy.can_judge_freshness else None
-        trusted = self.policy.check_checkpoint(note, now=now_ms // 1000, max_age=max_age)
+        now, last = now_ms // 1000, self._last
+        if last is not None and note == last.note and (
+                last.quorum_time is None or last.quorum_time >= now - self.max_age_s):
+            # The same bytes verify the same way; only their age could have changed.
+            trusted = last
+        else:
+            trusted = self.policy.check_checkpoint(note, now=now, max_age=max_age)
+            self._last = trusted
         if not self._known(trusted.checkpoint):
             async with self._advancing:
                 if not self._known(trusted.checkpoint):  # another task may have done it

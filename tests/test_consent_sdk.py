@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant, revoke
 from nodeclient import now_ms, post, register_controller
@@ -23,11 +27,19 @@ from client.consent import (
     Revoked,
     Withdrawn,
 )
-from client.policy import CheckpointRejected, TrustPolicy, parse_policy
+from client.errors import LogVerificationError
+from client.policy import (
+    CheckpointRejected,
+    CheckpointStale,
+    QuorumNotMet,
+    TrustPolicy,
+    parse_policy,
+)
 from client.trust_store import LogInconsistent, RollbackDetected, TrustStore
 from ledger.checkpoint import Checkpoint
 from ledger.commitment import token_hash
-from ledger.note import ALG_ED25519, format_verifier_key
+from ledger.cosignature import CosignatureSigner, cosigner_verifier_key
+from ledger.note import ALG_ED25519, Signature, format_signature_line, format_verifier_key
 from ledger.signed import SignedEvent, public_bytes, sign_event, token_revocation
 from ledger.status import ConsentStatus
 
@@ -284,3 +296,112 @@ def test_the_decision_cache_is_bounded_and_turns_grants_expired() -> None:
     expired = cache.get(keys[0], 1_000)
     assert expired is not None and expired.status is ConsentStatus.EXPIRED
     assert cache.get(keys[0], 2_000) is None and len(cache) == 1
+
+
+# ---- Through a proxy: a witness cosigning the node's checkpoints, or a lying node --------
+
+
+_WITNESS_KEY = Ed25519PrivateKey.from_private_bytes(b"\7" * 32)
+WITNESS = CosignatureSigner.from_private_key("witness.example/w1", _WITNESS_KEY)
+WITNESS_VKEY = cosigner_verifier_key(WITNESS.name, _WITNESS_KEY.public_key())
+
+
+class Proxy:
+    """Forwards GETs to the node; cosigns /v1/status checkpoints or tampers, as told."""
+
+    def __init__(self, upstream: str, session: aiohttp.ClientSession) -> None:
+        self.upstream, self.session = upstream, session
+        self.cosigned_at: int | None = None  # the witness's time; None: no cosignature
+        self.tamper: Callable[[dict[str, Any]], None] | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        async with self.session.get(self.upstream + request.path_qs) as resp:
+            body, status = await resp.read(), resp.status
+        if status != 200 or request.path != "/v1/status":
+            return web.Response(body=body, status=status, content_type="application/json")
+        answer = json.loads(body)
+        if self.cosigned_at is not None:
+            note = answer["checkpoint"]
+            text = note[:note.index("\n\n") + 1].encode()
+            sig = WITNESS.sign(text, self.cosigned_at)
+            answer["checkpoint"] = note + format_signature_line(
+                Signature(WITNESS.name, WITNESS.key_id, sig))
+        if self.tamper is not None:
+            self.tamper(answer)
+        return web.json_response(answer)
+
+
+@pytest.fixture
+async def proxy(node: NodeProcess) -> AsyncIterator[tuple[Proxy, str]]:
+    async with aiohttp.ClientSession() as upstream:
+        p = Proxy(node.url, upstream)
+        app = web.Application()
+        app.router.add_get("/{path:.*}", p.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        try:
+            yield p, f"http://{host}:{port}"
+        finally:
+            await runner.cleanup()
+
+
+async def test_a_cosigned_decision_lasts_max_age_after_the_quorum(
+        node: NodeProcess, session: aiohttp.ClientSession, proxy: tuple[Proxy, str],
+        store: TrustStore, clock: Clock, requests: Requests) -> None:
+    _, _, subject, _ = await granted(session, node, "witnessed.example", valid_ms=10 * HOUR_MS)
+    p, url = proxy
+    policy = parse_policy(f"log {await log_key(session, node.url)}\n"
+                          f"witness w1 {WITNESS_VKEY}\n"
+                          "quorum w1\n")
+    async with ConsentClient(url, policy=policy, trust_store=store, max_age_s=60,
+                             session=session, clock=clock) as c:
+        p.cosigned_at = clock.ms // 1000
+        assert (await c.require("witnessed.example", subject, PURPOSE)).status \
+            is ConsentStatus.GIVEN
+        clock.ms += 59_000
+        await c.require("witnessed.example", subject, PURPOSE)
+        assert requests.count("/v1/status") == 1
+        clock.ms += 2_000  # the quorum's cosignature is now 61 s old
+        with pytest.raises(CheckpointStale):
+            await c.require("witnessed.example", subject, PURPOSE)
+        assert requests.count("/v1/status") == 2
+        p.cosigned_at = clock.ms // 1000
+        await c.require("witnessed.example", subject, PURPOSE)
+        c.clear()
+        p.cosigned_at = None
+        with pytest.raises(QuorumNotMet):
+            await c.require("witnessed.example", subject, PURPOSE)
+
+
+def _flip(field: str) -> Callable[[dict[str, Any]], None]:
+    def tamper(answer: dict[str, Any]) -> None:
+        raw = bytearray(base64.b64decode(answer[field]))
+        raw[-1] ^= 1
+        answer[field] = base64.b64encode(bytes(raw)).decode()
+    return tamper
+
+
+def _absent(answer: dict[str, Any]) -> None:
+    answer["value"] = None
+
+
+def _short_inclusion(answer: dict[str, Any]) -> None:
+    answer["inclusion_proof"] = answer["inclusion_proof"][1:]
+
+
+@pytest.mark.parametrize("tamper", [_flip("value"), _flip("map_proof"), _flip("root_entry"),
+                                    _absent, _short_inclusion],
+                         ids=["value", "map_proof", "root_entry", "absent", "inclusion"])
+async def test_a_tampered_status_is_caught(
+        node: NodeProcess, session: aiohttp.ClientSession, proxy: tuple[Proxy, str],
+        store: TrustStore, tamper: Callable[[dict[str, Any]], None]) -> None:
+    _, _, subject, _ = await granted(session, node, "tampered.example")
+    p, url = proxy
+    p.tamper = tamper
+    async with ConsentClient(url, policy=await policy_of(session, node.url),
+                             trust_store=store, max_age_s=60, session=session) as c:
+        with pytest.raises(LogVerificationError):
+            await c.require("tampered.example", subject, PURPOSE)
