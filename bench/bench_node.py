@@ -132,20 +132,26 @@ def sqlite_ceiling(rows: list[tuple[int, bytes, bytes, bytes]], directory: Path)
     return len(rows) / elapsed
 
 
+async def register_controller(url: str, data_dir: Path) -> Ed25519PrivateKey:
+    """A new key for shop.example, registered with the node's operator key."""
+    operator = load_pem_private_key((data_dir / "operator.key").read_bytes(), None)
+    assert isinstance(operator, Ed25519PrivateKey)
+    key = Ed25519PrivateKey.generate()
+    register = ControllerRegister(controller="shop.example", name="Bench Shop",
+                                  contact="dpo@shop.example", key=public_bytes(key),
+                                  registered_at=now_ms())
+    async with aiohttp.ClientSession() as s, s.post(
+            f"{url}/v1/events", data=sign_event(register, operator).encode(),
+            headers={"Content-Type": "application/msgpack"}) as resp:
+        assert resp.status == 200, await resp.text()
+    return key
+
+
 async def run(seconds: float, events: int, directory: Path) -> None:
     node = NodeProcess(directory / "node", "--origin", "bench.example/node")
     url = node.start()
     try:
-        operator = load_pem_private_key((directory / "node" / "operator.key").read_bytes(), None)
-        assert isinstance(operator, Ed25519PrivateKey)
-        key = Ed25519PrivateKey.generate()
-        register = ControllerRegister(controller="shop.example", name="Bench Shop",
-                                      contact="dpo@shop.example", key=public_bytes(key),
-                                      registered_at=now_ms())
-        async with aiohttp.ClientSession() as s, s.post(
-                f"{url}/v1/events", data=sign_event(register, operator).encode(),
-                headers={"Content-Type": "application/msgpack"}) as resp:
-            assert resp.status == 200, await resp.text()
+        key = await register_controller(url, directory / "node")
 
         print(f"{'scenario':<34}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}", flush=True)
         peak_batched = 0.0

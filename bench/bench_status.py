@@ -22,15 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from bench.bench_node import body_of, fresh_grants, now_ms
+from bench.bench_node import body_of, fresh_grants, now_ms, register_controller
 from client.status import verify_status
 from ledger.checkpoint import Checkpoint, open_checkpoint
-from ledger.events import ControllerRegister
 from ledger.note import new_verifier
-from ledger.signed import public_bytes, sign_batch, sign_event
+from ledger.signed import sign_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from nodeproc import NodeProcess  # the tests' process harness
@@ -42,17 +39,9 @@ async def run(subjects: int, seconds: float, directory: Path) -> None:
     node = NodeProcess(directory / "node", "--origin", "bench.example/status")
     url = node.start()
     try:
-        operator = load_pem_private_key((directory / "node" / "operator.key").read_bytes(), None)
-        assert isinstance(operator, Ed25519PrivateKey)
-        key = Ed25519PrivateKey.generate()
-        register = ControllerRegister(controller="shop.example", name="Bench Shop",
-                                      contact="dpo@shop.example", key=public_bytes(key),
-                                      registered_at=now_ms())
+        key = await register_controller(url, directory / "node")
         grants = fresh_grants(subjects)
         async with aiohttp.ClientSession() as s:
-            async with s.post(f"{url}/v1/events", data=sign_event(register, operator).encode(),
-                              headers={"Content-Type": "application/msgpack"}) as resp:
-                assert resp.status == 200
             for i in range(0, subjects, 500):
                 async with s.post(f"{url}/v1/events",
                                   data=body_of(sign_batch(grants[i:i + 500], key)),

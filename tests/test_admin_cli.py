@@ -13,13 +13,13 @@ import base64
 import os
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from cliutil import cli, ok, one_line_error
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant
 from nodeproc import NodeProcess
@@ -35,24 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DAY = 86_400_000
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
 
-
-def ok(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
-    """The `label   value` lines of a successful command's output."""
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    lines = [line.split("  ", 1) for line in result.stdout.splitlines() if "  " in line]
-    return {label.strip(): value.strip() for label, value in lines}
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    return result.stderr
 
 
 @pytest.fixture(scope="module")

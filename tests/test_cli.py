@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
+
+from cliutil import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return cli(*args, timeout=timeout)
 
 
 def test_up_runs_a_node_and_the_demo_through_it(tmp_path: Path) -> None:

@@ -13,11 +13,11 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cliutil import cli, ok, one_line_error
 from nodeproc import NodeProcess
 
 from client.cli import main as client_main
@@ -29,17 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ORIGIN = "consent-cli.test/log"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
-    """The `label   value` lines of a successful command's output."""
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    lines = [line.split("  ", 1) for line in result.stdout.splitlines() if "  " in line]
-    return {label.strip(): value.strip() for label, value in lines}
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
@@ -49,12 +38,6 @@ def ok_json(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
     assert isinstance(data, dict)
     return data
 
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    return result.stderr
 
 
 @pytest.fixture(scope="module")
