@@ -34,13 +34,13 @@ import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 import aiohttp
 
 from client.decisions import DEFAULT_MAX_ENTRIES, DecisionCache
 from client.errors import ClientError, NodeUnavailableError, ProblemError, ReplyError
+from client.http_session import SessionOwner
 from client.log_client import MAX_REPLY, _hashes, _json_or_text, _read_capped
 from client.policy import TrustedCheckpoint, TrustPolicy
 from client.status import StatusDecision, verify_status
@@ -99,7 +99,9 @@ _DENIALS: dict[ConsentStatus, type[ConsentDenied]] = {
 # ---- The client ------------------------------------------------------------------------
 
 
-class ConsentClient:
+class ConsentClient(SessionOwner):
+    _timeout_s = 30.0
+
     def __init__(self, base_url: str, *, policy: TrustPolicy, trust_store: TrustStore,
                  max_age_s: int, session: aiohttp.ClientSession | None = None,
                  clock: Callable[[], float] = time.time,
@@ -112,8 +114,7 @@ class ConsentClient:
         self.trust_store = trust_store
         self.max_age_s = max_age_s
         self._clock = clock
-        self._session = session
-        self._own_session = session is None
+        super().__init__(session)
         self._max_retries = max_retries
         self._cache = DecisionCache(max_cached)
         # The last checkpoint of each origin this process proved into the store: while
@@ -121,20 +122,6 @@ class ConsentClient:
         self._trusted: dict[str, Checkpoint] = {}
         self._last: TrustedCheckpoint | None = None  # the last note the policy accepted
         self._advancing = asyncio.Lock()
-
-    # ---------------------------------------------------------------- lifecycle
-
-    async def __aenter__(self) -> ConsentClient:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
 
     # ---------------------------------------------------------------- public API
 
@@ -268,10 +255,6 @@ class ConsentClient:
 
     # ---------------------------------------------------------------- HTTP
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        return self._session
 
     async def _get_json(self, path: str, params: dict[str, Any]) -> Any:
         """One GET, retried on 503 and lost connections (reads are idempotent)."""

@@ -18,7 +18,6 @@ import binascii
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
@@ -30,6 +29,7 @@ from client.errors import (
     ProblemError,
     ReplyError,
 )
+from client.http_session import SessionOwner
 from client.wire import encode_batch
 from ledger import merkle
 from ledger.checkpoint import Checkpoint, open_checkpoint
@@ -82,7 +82,7 @@ class Rejected:
 SubmitResult = Accepted | Rejected
 
 
-class LogClient:
+class LogClient(SessionOwner):
     def __init__(self, base_url: str, *, log_key: str,
                  session: aiohttp.ClientSession | None = None,
                  max_retries: int = 5, max_retry_after: float = 30.0,
@@ -93,8 +93,7 @@ class LogClient:
             raise ClientError(f"the log key {log_key!r} is not a note verifier key: {exc}"
                               ) from None
         self.base_url = base_url.rstrip("/")
-        self._session = session
-        self._own_session = session is None
+        super().__init__(session)
         self._max_retries = max_retries
         self._max_retry_after = max_retry_after
         self._slots = asyncio.Semaphore(max_parallel_requests)
@@ -104,25 +103,6 @@ class LogClient:
     @property
     def origin(self) -> str:
         return self._verifier.name
-
-    # ---------------------------------------------------------------- lifecycle
-
-    async def __aenter__(self) -> LogClient:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-        return self._session
 
     # ---------------------------------------------------------------- public API
 
