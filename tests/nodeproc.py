@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +20,9 @@ class NodeFailedToStart(Exception):
 
 class NodeProcess:
     """`consent-ledger node` in its own process; its URL is read from its first line."""
+
+    # Every process started, so that a failing test cannot leave a node running.
+    started: ClassVar[list[subprocess.Popen[bytes]]] = []
 
     def __init__(self, data_dir: Path, *args: str) -> None:
         self.data_dir = data_dir
@@ -37,6 +41,7 @@ class NodeProcess:
                 stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        NodeProcess.started.append(self.proc)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         line = b""
@@ -54,6 +59,14 @@ class NodeProcess:
             line += chunk
         self.url = line.decode().rsplit(" ", 1)[-1].strip()
         return self.url
+
+    @classmethod
+    def kill_all(cls) -> None:
+        for proc in cls.started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+        cls.started.clear()
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
