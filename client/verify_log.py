@@ -18,7 +18,7 @@ from ledger.entry import LogEntry
 from ledger.errors import LedgerError
 from ledger.note import new_verifier, open_note
 from ledger.state import LedgerState
-from ledger.tiles import TileId, format_tile_path, parse_entry_bundle
+from ledger.tiles import TILE_WIDTH, entry_tile_for, format_tile_path, parse_entry_bundle
 from ledger.tree import MerkleTree
 
 
@@ -47,9 +47,10 @@ async def fetch_checkpoint(session: aiohttp.ClientSession, url: str, log_vkey: s
 async def verify_log(session: aiohttp.ClientSession, url: str, log_vkey: str) -> VerifiedLog:
     checkpoint = await fetch_checkpoint(session, url, log_vkey)
     state, tree = LedgerState(), MerkleTree()
-    for n in range(-(-checkpoint.size // 256)):
-        width = min(256, checkpoint.size - n * 256)
-        path = format_tile_path(TileId("entries", n, width))
+    for n in range(-(-checkpoint.size // TILE_WIDTH)):
+        tile = entry_tile_for(n * TILE_WIDTH, checkpoint.size)
+        width = tile.width
+        path = format_tile_path(tile)
         async with session.get(f"{url}/{path}") as resp:
             if resp.status != 200:
                 raise LogVerificationFailed(f"GET /{path} answered {resp.status}")

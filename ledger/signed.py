@@ -35,6 +35,7 @@ from ledger.events import (
     event_hash,
 )
 from ledger.lazy import lazy
+from ledger.tree import MerkleTree
 
 SIGNATURE_SIZE = 64
 MAX_BATCH = 1 << 16
@@ -135,8 +136,6 @@ def sign_event(event: Event, private_key: Ed25519PrivateKey) -> SignedEvent:
 
 def sign_batch(events: Sequence[Event], private_key: Ed25519PrivateKey) -> list[SignedEvent]:
     """Sign many events with one signature; each envelope proves its own event."""
-    from ledger.tree import MerkleTree
-
     if not 1 <= len(events) <= MAX_BATCH:
         raise ValueError(f"a batch holds 1 to {MAX_BATCH} events")
     datas = [e.encode() for e in events]

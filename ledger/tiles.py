@@ -159,6 +159,13 @@ def entry_tile_for(index: int, size: int) -> TileId:
     return TileId(ENTRIES, n, min(TILE_WIDTH, size - n * TILE_WIDTH))
 
 
+def tile_width(level: int | str, index: int, size: int) -> int:
+    """How many hashes (or entries, for level "entries") tile `index` holds at `size`;
+    zero or less when the tile does not exist yet."""
+    count = size if level == ENTRIES else size >> (TILE_HEIGHT * int(level))
+    return min(TILE_WIDTH, count - index * TILE_WIDTH)
+
+
 def tiles_for_size(size: int) -> list[TileId]:
     """Every hash tile of the tree of `size`, lowest level first (partials included)."""
     return tiles_touched(0, size)

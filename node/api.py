@@ -17,7 +17,7 @@ from ledger.errors import DecodeError, RejectedError
 from ledger.signed import SignedEvent
 from ledger.smt import map_key
 from ledger.status import ConsentStatus
-from ledger.tiles import encode_entry_bundle, parse_tile_path
+from ledger.tiles import TILE_WIDTH, encode_entry_bundle, parse_tile_path, tile_width
 from node.problems import ProblemResponse, problem_of, raise_problem
 from node.runtime import RUNTIME, NodeRuntime
 from node.sequencer import Accepted, OverloadedError, UnavailableError
@@ -119,17 +119,13 @@ async def get_tile(request: web.Request) -> web.Response:
     except DecodeError as exc:
         raise_problem("not-found", f"not a tile path: {exc}")
     size = rt.sequencer.committed_size
+    if tile.width > tile_width(tile.level, tile.index, size):
+        raise_problem("not-found", f"tile {path} is beyond the log's size {size}")
     if tile.level == "entries":
-        available = min(256, size - tile.index * 256)
-        if tile.width > available:
-            raise_problem("not-found", f"entry tile {path} is beyond the log's size {size}")
-        start = tile.index * 256
+        start = tile.index * TILE_WIDTH
         body = encode_entry_bundle(await rt.storage.entry_data(start, start + tile.width))
     else:
         assert isinstance(tile.level, int)
-        available = min(256, (size >> (8 * tile.level)) - tile.index * 256)
-        if tile.width > available:
-            raise_problem("not-found", f"tile {path} is beyond the log's size {size}")
         body = rt.tree.tile_hashes(tile.level, tile.index, tile.width)
     # A tile's first W hashes (or entries) never change, so partial tiles are as
     # cacheable as full ones: a client asks for the width its checkpoint implies.

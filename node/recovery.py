@@ -16,6 +16,7 @@ from ledger.checkpoint import Checkpoint
 from ledger.entry import LogEntry
 from ledger.errors import LedgerError
 from ledger.state import LedgerState
+from ledger.tiles import tile_width
 from ledger.tree import MerkleTree
 from node.storage import Storage, StorageError
 
@@ -46,8 +47,8 @@ async def recover(
     for level in range(0, 8):
         for tile in await storage.tiles(level):
             width = len(tile.hashes) // merkle.HASH_SIZE
-            expected = (tree.size >> (8 * level)) - tile.index * 256
-            if len(tile.hashes) % merkle.HASH_SIZE or not 0 < width <= min(256, expected):
+            if len(tile.hashes) % merkle.HASH_SIZE \
+                    or not 0 < width <= tile_width(level, tile.index, tree.size):
                 raise StorageError(f"tile {level}/{tile.index} has a wrong width for size "
                                    f"{tree.size}")
             if tile.hashes != tree.tile_hashes(level, tile.index, width):

@@ -192,7 +192,7 @@ class Sequencer:
             note = self._sign_checkpoint(Checkpoint(self._origin, tree.size, tree.root()))
             tiles = [TileRow(t.level, t.index, tree.tile_hashes(t.level, t.index, t.width))
                      for t in tree.tiles_touched(old_size, tree.size)
-                     if isinstance(t.level, int)]  # hash tiles only; entries live in rows
+                     if isinstance(t.level, int)]  # always: tiles_touched lists hash tiles
             try:
                 await self._storage.commit_batch(rows, tiles, tree.size, note)
             except BaseException as exc:

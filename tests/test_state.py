@@ -267,8 +267,7 @@ def test_log_time_never_runs_backwards(log: Log) -> None:
     late = log.entries[2]
     replayed.replay(late)
     with pytest.raises(RejectedError) as err:
-        replayed.replay(dataclasses.replace(
-            LogEntry(index=3, time=T0, prev=late.leaf_hash, signed=late.signed)))
+        replayed.replay(LogEntry(index=3, time=T0, prev=late.leaf_hash, signed=late.signed))
     assert err.value.code == "time-regressed"
 
 

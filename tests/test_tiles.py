@@ -223,3 +223,13 @@ def test_a_tree_grown_tile_by_tile_stores_exactly_the_touched_tiles() -> None:
     level0 = b"".join(stored[(0, n)] for n in range((tree.size + 255) // 256))
     rebuilt = MerkleTree.from_leaf_hashes(level0[i:i + 32] for i in range(0, len(level0), 32))
     assert rebuilt.root() == tree.root()
+
+
+def test_tile_width_at_a_size() -> None:
+    from ledger.tiles import tile_width
+
+    assert tile_width(0, 0, 300) == 256
+    assert tile_width(0, 1, 300) == 44
+    assert tile_width(0, 2, 300) <= 0
+    assert tile_width(1, 0, 300) == 1  # one complete level-8 node
+    assert tile_width("entries", 1, 300) == 44
