@@ -22,6 +22,7 @@ from ledger.signed import public_bytes, sign_event
 from ledger.state import LedgerState
 from ledger.tree import MerkleTree
 from node.config import ConfigError, NodeConfig
+from node.local_commit import local_commit
 from node.metrics import Metrics
 from node.recovery import recover
 from node.sequencer import Sequencer
@@ -98,9 +99,8 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
         gc.freeze()
         metrics = Metrics(tree_size=tree.size)
         sequencer = Sequencer(
-            storage=storage, state=state, tree=tree,
-            sign_checkpoint=lambda cp: sign_checkpoint(cp, signer),
-            origin=origin,
+            state=state, tree=tree,
+            commit=local_commit(storage, tree, origin, lambda cp: sign_checkpoint(cp, signer)),
             checkpoint=checkpoint or sign_checkpoint(Checkpoint(origin, 0, tree.root()), signer),
             metrics=metrics, max_queue=config.max_queue,
             max_commit_entries=config.max_commit_entries,

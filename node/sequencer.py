@@ -16,16 +16,14 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from ledger.checkpoint import Checkpoint
 from ledger.errors import OversizeError, RejectedError, SignatureError
 from ledger.events import StatusRoot
 from ledger.signed import SignedEvent, log_authored
 from ledger.state import LedgerState
 from ledger.tree import MerkleTree
 from node.metrics import Metrics
-from node.storage import Storage, TileRow
 
 log = logging.getLogger("consent_ledger.sequencer")
 
@@ -52,6 +50,13 @@ class Accepted:
 
 Outcome = Accepted | RejectedError
 
+# Makes a batch durable: given its (index, event id, leaf, entry bytes) rows and the tree
+# sizes before and after it, returns the checkpoint note that publishes it. On one node
+# that is one SQLite transaction (node/local_commit.py); in a cluster, replication to a
+# majority and cosigning (node/replica.py). UnavailableError: the batch is not known to
+# be committed (e.g. leadership was lost), and the sequencer's state must be reloaded.
+CommitBatch = Callable[[list[tuple[int, bytes, bytes, bytes]], int, int], Awaitable[bytes]]
+
 
 @dataclasses.dataclass
 class _Pending:
@@ -65,22 +70,18 @@ class Sequencer:
     def __init__(
         self,
         *,
-        storage: Storage,
         state: LedgerState,
         tree: MerkleTree,
-        sign_checkpoint: Callable[[Checkpoint], bytes],
-        origin: str,
+        commit: CommitBatch,
         checkpoint: bytes,
         metrics: Metrics,
         max_queue: int,
         max_commit_entries: int,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
-        self._storage = storage
         self._state = state
         self._tree = tree
-        self._sign_checkpoint = sign_checkpoint
-        self._origin = origin
+        self._commit = commit
         self._metrics = metrics
         self._max_queue = max_queue
         self._max_commit = max_commit_entries
@@ -189,17 +190,17 @@ class Sequencer:
             tree.append(root.leaf_hash)
             rows.append((root.index, root.signed.id, root.leaf_hash, root.encoded))
             started = time.perf_counter()
-            note = self._sign_checkpoint(Checkpoint(self._origin, tree.size, tree.root()))
-            tiles = [TileRow(t.level, t.index, tree.tile_hashes(t.level, t.index, t.width))
-                     for t in tree.tiles_touched(old_size, tree.size)
-                     if isinstance(t.level, int)]  # always: tiles_touched lists hash tiles
             try:
-                await self._storage.commit_batch(rows, tiles, tree.size, note)
+                note = await self._commit(rows, old_size, tree.size)
             except BaseException as exc:
-                failure = UnavailableError(f"storage failure: {exc}")
+                failure = exc if isinstance(exc, UnavailableError) else UnavailableError(
+                    f"storage failure: {exc}")
                 for p, _ in taken:
                     if not p.future.done():
                         p.future.set_exception(failure)
+                if isinstance(exc, UnavailableError):  # not leader any more: not fatal
+                    self.map_stable.set()
+                    return
                 raise
             self.committed_size = tree.size
             self.checkpoint = note
