@@ -8,8 +8,10 @@ from collections.abc import Sequence
 USAGE = """usage: consent-ledger COMMAND [options]
 
 commands:
-  node      run a ledger node                       (consent-ledger node --help)
-  up        run a node on loopback with the demo    (consent-ledger up --help)
+  node      run a ledger node or cluster member     (consent-ledger node --help)
+  up        run a local 3-member cluster + the demo (consent-ledger up --help)
+  cluster init|up
+            make a cluster's files; run its members (consent-ledger cluster --help)
   demo      drive the demo workload into a log      (consent-ledger demo --help)
   keygen    write a new Ed25519 key file            (consent-ledger keygen --help)
   controller register|rotate|retire
@@ -18,6 +20,8 @@ commands:
   revoke    revoke a grant (controller or person)   (consent-ledger revoke --help)
   status    a consent's current status, verified    (consent-ledger status --help)
   verify    replay the whole log from genesis       (consent-ledger verify --help)
+  receipt verify|refresh|show
+            check, refresh or export a receipt      (consent-ledger receipt verify --help)
 """
 
 
@@ -42,6 +46,10 @@ def main(argv: Sequence[str]) -> int:
         from client.consent_cli import consent_main
 
         return consent_main(command, rest)
+    if command == "receipt":
+        from client.receipt_cli import receipt_main
+
+        return receipt_main(rest)
     print(f"consent-ledger: error: unknown command {command!r} (see consent-ledger --help)",
           file=sys.stderr)
     return 2

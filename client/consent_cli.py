@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import binascii
-import dataclasses
 import datetime
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.admin import TOFU_NOTE, Refused, now_ms
-from client.command import Parser, UsageError, one_line, run_command
+from client.command import Parser, UsageError, run_command
 from client.errors import (
     ClientError,
     LogVerificationError,
@@ -41,26 +38,24 @@ from client.errors import (
 )
 from client.keys import load_private_key
 from client.log_client import Accepted, LogClient
+from client.receipts import (
+    SUFFIX,
+    build_receipt,
+    load_held_grant,
+    pending_receipt,
+    write_private,
+)
 from client.status import verify_status
 from client.verify_log import LogVerificationFailed, verify_log
 from ledger.checkpoint import Checkpoint, open_checkpoint
-from ledger.commitment import (
-    SALT_SIZE,
-    TOKEN_SIZE,
-    new_salt,
-    new_token,
-    subject_commitment,
-    token_hash,
-    token_matches,
-)
+from ledger.commitment import new_salt, new_token, subject_commitment, token_hash
 from ledger.errors import DecodeError, LedgerError
-from ledger.events import COLLECTION_METHODS, Grant, Notice, Revoke, event_hash
+from ledger.events import COLLECTION_METHODS, Grant, Notice, Revoke
 from ledger.note import new_verifier
 from ledger.signed import SignedEvent, sign_event, token_revocation
 
 DAY_MS = 86_400_000
 MAX_NOTICE = 64 * 1024 * 1024  # a notice is a page of text; this only bounds a wrong file
-MAX_RECEIPT = 1024 * 1024
 MAX_STATUS_REPLY = 1024 * 1024
 # Grant fields as the user typed them: an error names the flag, not the field.
 _FLAGS = {"controller": "--controller", "purposes": "--purpose",
@@ -69,10 +64,6 @@ _FLAGS = {"controller": "--controller", "purposes": "--purpose",
           "language": "--language", "valid_until": "--valid-days",
           "retention_days": "--retention-days", "withdrawal": "--withdrawal",
           "version": "--notice-version", "url": "--notice-url", "reason": "--reason"}
-
-
-class ReceiptError(ClientError):
-    """A receipt file that cannot be read or does not hold a consistent grant."""
 
 
 # ---------------------------------------------------------------- parsers
@@ -118,8 +109,9 @@ def _grant_parser() -> Parser:
     p.add_argument("--collection-method", default="web-form",
                    choices=sorted(COLLECTION_METHODS))
     p.add_argument("--legal-basis", default="dpv:Consent", metavar="TERM")
-    p.add_argument("--receipt-out", metavar="FILE", help="where to write the receipt "
-                   "(default consent-receipt-<event id>.json); never overwritten")
+    p.add_argument("--receipt-out", metavar="FILE", help="where to write the receipt, a "
+                   "c2sp.org/tlog-proof (default consent-receipt-<event id>.tlog-proof); "
+                   "never overwritten")
     _log_key_flag(p)
     return p
 
@@ -134,6 +126,9 @@ def _revoke_parser() -> Parser:
     p.add_argument("--controller", metavar="ID")
     p.add_argument("--grant", metavar="EVENT_ID_HEX")
     p.add_argument("--reason", metavar="TEXT")
+    p.add_argument("--receipt-out", metavar="FILE", help="where to write the revocation's "
+                   "receipt (default with --receipt: beside it, <name>.revocation"
+                   f"{SUFFIX}; with --key: none)")
     _log_key_flag(p)
     return p
 
@@ -215,75 +210,6 @@ async def _submit(url: str, signed: SignedEvent, log_key: str | None, *,
     return result, source
 
 
-# ---------------------------------------------------------------- receipts
-#
-# A receipt is plain JSON holding what the person must keep to prove and to withdraw
-# their consent. The standard C2SP tlog-proof form is issue 6's; this one stays simple,
-# and names its format so that a later reader can tell the two apart. Hashes, the salt
-# and the token are hex (as the commands print them); the event and proof are base64.
-RECEIPT_FORMAT = "consent-ledger receipt v0"
-
-
-@dataclasses.dataclass(frozen=True)
-class Receipt:
-    grant: Grant
-    grant_id: bytes
-    subject_ref: str
-    salt: bytes
-    token: bytes
-
-
-def _write_private(path: Path, data: dict[str, Any], *, create: bool) -> None:
-    """Write JSON at mode 0600 from creation; `create` refuses an existing file."""
-    text = (json.dumps(data, indent=2) + "\n").encode()
-    target = path if create else path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        fd = os.open(target, flags, 0o600)
-    except FileExistsError:
-        raise ClientError(f"{path}: a file already exists; refusing to overwrite a receipt"
-                          ) from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    if not create:
-        # Replaced whole, so a crash leaves the pending receipt or the proven one.
-        os.replace(target, path)
-
-
-def load_receipt(path: str) -> Receipt:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_RECEIPT + 1)
-    except OSError as exc:
-        raise ReceiptError(f"{path}: cannot read the receipt: {exc.strerror or exc}") from None
-    try:
-        if len(raw) > MAX_RECEIPT:
-            raise ValueError("too large")
-        data = json.loads(raw)
-        if type(data) is not dict or data.get("format") != RECEIPT_FORMAT:
-            raise ValueError(f"its format is not {RECEIPT_FORMAT!r}")
-        grant_bytes = base64.b64decode(data["grant"], validate=True)
-        grant = Grant.decode(grant_bytes)
-        if not isinstance(grant, Grant):  # decode() checked the kind; this tells mypy
-            raise ValueError("not a grant")
-        salt, token = bytes.fromhex(data["salt"]), bytes.fromhex(data["revocation_token"])
-        subject_ref = data["subject_ref"]
-        if type(subject_ref) is not str or len(salt) != SALT_SIZE or len(token) != TOKEN_SIZE:
-            raise ValueError("bad subject_ref, salt or token")
-    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError,
-            LedgerError) as exc:
-        raise ReceiptError(f"{path}: not a consent receipt ({one_line(exc)})") from None
-    # The receipt must be the person's own: its secrets must fit the grant it holds.
-    if subject_commitment(grant.controller, subject_ref, salt) != grant.subject:
-        raise ReceiptError(f"{path}: the subject reference and salt do not make the grant's "
-                           "subject commitment")
-    if not token_matches(token, grant.token_hash):
-        raise ReceiptError(f"{path}: the revocation token does not match the grant")
-    return Receipt(grant, event_hash(grant_bytes), subject_ref, salt, token)
-
-
 # ---------------------------------------------------------------- grant
 
 
@@ -324,13 +250,7 @@ def grant(argv: Sequence[str]) -> str:
     event = _build_grant(args, subject, token)
     key: Ed25519PrivateKey = load_private_key(args.key)
     signed = sign_event(event, key)
-    path = Path(args.receipt_out or f"consent-receipt-{signed.id.hex()[:16]}.json")
-    receipt: dict[str, Any] = {
-        "format": RECEIPT_FORMAT, "log": args.log, "controller": args.controller,
-        "event_id": signed.id.hex(),
-        "subject_ref": args.subject_ref, "salt": salt.hex(), "subject": subject.hex(),
-        "purposes": list(event.purposes), "revocation_token": token.hex(),
-        "grant": base64.b64encode(signed.event).decode()}
+    path = Path(args.receipt_out or f"consent-receipt-{signed.id.hex()[:16]}{SUFFIX}")
     if path.exists():  # checked early too, so that nothing is sent in vain
         raise ClientError(f"{path}: a file already exists; refusing to overwrite a receipt")
 
@@ -338,7 +258,9 @@ def grant(argv: Sequence[str]) -> str:
         # Written before submitting: once the node may hold the grant, the person must
         # already hold its token and salt, even if this process dies before the proof.
         # After the key fetch, so that a node that is down leaves no receipt behind.
-        _write_private(path, {**receipt, "proven": False}, create=True)
+        write_private(path, pending_receipt(grant=signed.event, subject_ref=args.subject_ref,
+                                            salt=salt, token=token, log=args.log),
+                      create=True)
 
     try:
         accepted, source = asyncio.run(_submit(args.log, signed, args.log_key,
@@ -346,11 +268,8 @@ def grant(argv: Sequence[str]) -> str:
     except Refused:
         path.unlink(missing_ok=True)  # the log refused it: there is nothing to keep
         raise
-    receipt.update(
-        proven=True, index=accepted.index, leaf_hash=accepted.leaf_hash.hex(),
-        checkpoint=accepted.checkpoint.note.decode(),
-        inclusion_proof=[base64.b64encode(h).decode() for h in accepted.proof])
-    _write_private(path, receipt, create=False)
+    write_private(path, build_receipt(accepted, log=args.log, subject_ref=args.subject_ref,
+                                      salt=salt, token=token), create=False)
     data = {"index": accepted.index, "event_id": signed.id.hex(), "subject": subject.hex(),
             "duplicate": accepted.duplicate, "checkpoint_size": accepted.checkpoint.size,
             "valid_until": event.valid_until, "receipt": str(path), "log_key": source}
@@ -366,18 +285,23 @@ def grant(argv: Sequence[str]) -> str:
 # ---------------------------------------------------------------- revoke
 
 
-def _revocation(args: argparse.Namespace) -> tuple[SignedEvent, str]:
-    """The envelope to submit, and who revokes ("controller" or "subject")."""
+def _revocation(args: argparse.Namespace) -> tuple[SignedEvent, str, Path | None]:
+    """The envelope to submit, who revokes ("controller" or "subject"), and where its
+    receipt goes (None: nowhere)."""
     now = now_ms()
+    out = None if args.receipt_out is None else Path(args.receipt_out)
     try:
         if args.receipt is not None:
             if args.controller is not None or args.grant is not None:
                 raise UsageError("--receipt: names the grant itself; drop --controller "
                                  "and --grant")
-            r = load_receipt(args.receipt)
-            revoke = Revoke(controller=r.grant.controller, by="subject", revoked_at=now,
-                            grant=r.grant_id, reason=args.reason)
-            return token_revocation(revoke, r.token), "subject"
+            held = load_held_grant(args.receipt)
+            revoke = Revoke(controller=held.grant.controller, by="subject", revoked_at=now,
+                            grant=held.grant_id, reason=args.reason)
+            if out is None:
+                source = Path(args.receipt)
+                out = source.with_name(f"{source.name.removesuffix(SUFFIX)}.revocation{SUFFIX}")
+            return token_revocation(revoke, held.token), "subject", out
         if args.controller is None or args.grant is None:
             raise UsageError("--key: needs --controller and --grant")
         gid = _hex(args.grant, 32, "--grant")
@@ -385,29 +309,39 @@ def _revocation(args: argparse.Namespace) -> tuple[SignedEvent, str]:
                         grant=gid, reason=args.reason)
     except DecodeError as exc:
         raise _usage_from(exc) from None
-    return sign_event(revoke, load_private_key(args.key)), "controller"
+    return sign_event(revoke, load_private_key(args.key)), "controller", out
 
 
 def revoke(argv: Sequence[str]) -> str:
     args = _revoke_parser().parse_args(list(argv))
-    signed, by = _revocation(args)
+    signed, by, out = _revocation(args)
+    if out is not None and out.exists():
+        raise ClientError(f"{out}: a file already exists; refusing to overwrite a receipt")
     accepted, source = asyncio.run(_submit(args.log, signed, args.log_key))
+    if out is not None:
+        write_private(out, build_receipt(accepted, log=args.log), create=True)
     body = signed.body
     assert isinstance(body, Revoke) and body.grant is not None  # built just above
     data = {"index": accepted.index, "event_id": signed.id.hex(), "grant": body.grant.hex(),
             "by": by, "duplicate": accepted.duplicate,
-            "checkpoint_size": accepted.checkpoint.size, "log_key": source}
-    return _output(args, data, [
+            "checkpoint_size": accepted.checkpoint.size,
+            "receipt": None if out is None else str(out), "log_key": source}
+    lines: list[tuple[str, Any]] = [
         ("revocation", f"by the {by}: accepted at entry {accepted.index}, proven included "
                        f"in the checkpoint of size {accepted.checkpoint.size}"),
         ("index", accepted.index), ("event id", signed.id.hex()),
-        ("grant", body.grant.hex()), ("log key", source)])
+        ("grant", body.grant.hex())]
+    if out is not None:
+        lines.append(("receipt", f"{out} (proof of the revocation)"))
+    lines.append(("log key", source))
+    return _output(args, data, lines)
 
 
 # ---------------------------------------------------------------- status
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str, params: dict[str, str]) -> Any:
+async def get_json(session: aiohttp.ClientSession, url: str, params: dict[str, str]) -> Any:
+    """One GET of a JSON reply, capped; a non-200 becomes its ProblemError."""
     try:
         async with session.get(url, params=params) as resp:
             data = await resp.content.read(MAX_STATUS_REPLY + 1)
@@ -427,7 +361,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str, params: dict[str, 
 async def _fetch_status(args: argparse.Namespace, subject: bytes) -> tuple[Any, str, str]:
     async with _session() as session:
         vkey, source = await _log_key(session, args.log, args.log_key)
-        answer = await _get_json(session, f"{args.log.rstrip('/')}/v1/status",
+        answer = await get_json(session, f"{args.log.rstrip('/')}/v1/status",
                                  {"controller": args.controller, "subject": subject.hex(),
                                   "purpose": args.purpose})
     return answer, vkey, source
@@ -436,11 +370,11 @@ async def _fetch_status(args: argparse.Namespace, subject: bytes) -> tuple[Any, 
 def status(argv: Sequence[str]) -> str:
     args = _status_parser().parse_args(list(argv))
     if args.receipt is not None:
-        r = load_receipt(args.receipt)
-        if r.grant.controller != args.controller:
-            raise UsageError(f"--receipt: its grant is at {r.grant.controller}, "
+        held = load_held_grant(args.receipt)
+        if held.grant.controller != args.controller:
+            raise UsageError(f"--receipt: its grant is at {held.grant.controller}, "
                              f"not {args.controller}")
-        subject = r.grant.subject
+        subject = held.grant.subject
     else:
         subject = _hex(args.subject, 32, "--subject")
     answer, vkey, source = asyncio.run(_fetch_status(args, subject))

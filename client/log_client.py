@@ -72,6 +72,7 @@ class Accepted:
     duplicate: bool  # it was already in the log; index is where it was first sequenced
     proof: tuple[bytes, ...]
     checkpoint: VerifiedCheckpoint
+    entry: bytes | None = None  # the entry's bytes, checked: client/receipts.py needs them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +142,8 @@ class LogClient(SessionOwner):
                 continue
             index, leaf, duplicate = claim
             self._check_entry(entries[index], index, leaf, events[i], cp)
-            results.append(Accepted(index, events[i].id, leaf, duplicate, proof_of[i], cp))
+            results.append(Accepted(index, events[i].id, leaf, duplicate, proof_of[i], cp,
+                                    entries[index]))
         return results
 
     async def entry(self, index: int, checkpoint: VerifiedCheckpoint) -> LogEntry:
