@@ -9,6 +9,7 @@ node.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -21,9 +22,16 @@ from cliutil import cli, ok, one_line_error
 from nodeproc import NodeProcess
 
 from client.cli import main as client_main
-from client.consent_cli import RECEIPT_FORMAT, load_receipt
 from client.keys import generate_key_file
+from client.receipts import (
+    ReceiptExtra,
+    load_held_grant,
+    open_receipt,
+    read_file,
+    read_receipt,
+)
 from ledger.note import generate_key
+from ledger.tlog_proof import HEADER, format_proof, parse_proof
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGIN = "consent-cli.test/log"
@@ -80,18 +88,18 @@ def test_grant_status_revoke_verify(node: NodeProcess, tmp_path: Path) -> None:
     key = controller_key(node, controller, tmp_path)
     notice = tmp_path / "notice.txt"
     notice.write_text("We send you our newsletter.\n")
-    receipt = tmp_path / "alice.json"
+    receipt = tmp_path / "alice.tlog-proof"
 
     out = ok(cli(*grant_args(node, controller, key, notice, "customer-1", receipt)))
     assert "trust on first use" in out["log key"]
     assert stat.S_IMODE(os.stat(receipt).st_mode) == 0o600
-    kept = json.loads(receipt.read_text())
-    assert kept["format"] == RECEIPT_FORMAT and kept["proven"] is True
-    assert kept["index"] == int(out["index"])
-    assert kept["event_id"] == out["event id"] and kept["subject_ref"] == "customer-1"
-    assert kept["checkpoint"].startswith(ORIGIN + "\n")
-    r = load_receipt(str(receipt))  # the salt and token fit the grant they came with
-    assert r.grant.subject.hex() == out["subject"]
+    assert receipt.read_text().startswith(HEADER + "\n")
+    kept = open_receipt(read_receipt(read_file(receipt)), verified=None)
+    assert kept.file.index == int(out["index"]) and kept.event_id.hex() == out["event id"]
+    assert kept.file.extra.subject_ref == "customer-1"
+    assert kept.file.checkpoint.origin == ORIGIN
+    held = load_held_grant(receipt)  # the salt and token fit the grant they came with
+    assert held.grant.subject.hex() == out["subject"]
 
     given = status(node, controller, "--receipt", str(receipt))
     assert given["status"].startswith("ConsentGiven")
@@ -101,16 +109,20 @@ def test_grant_status_revoke_verify(node: NodeProcess, tmp_path: Path) -> None:
     withdrawn = ok(cli("revoke", "--log", node.url, "--receipt", str(receipt),
                        "--reason", "no more mail"))
     assert "by the subject" in withdrawn["revocation"]
+    beside = tmp_path / "alice.revocation.tlog-proof"
+    assert withdrawn["receipt"].startswith(str(beside)) and beside.exists()
     after = status(node, controller, "--subject", out["subject"])
     assert after["status"].startswith("ConsentWithdrawn")
     assert after["since entry"] == withdrawn["index"]
 
-    err = one_line_error(cli("revoke", "--log", node.url, "--receipt", str(receipt)), 1)
-    assert "already-revoked" in err
+    again = tmp_path / "again.tlog-proof"
+    err = one_line_error(cli("revoke", "--log", node.url, "--receipt", str(receipt),
+                             "--receipt-out", str(again)), 1)
+    assert "already-revoked" in err and not again.exists()
 
     # The controller revokes another person's grant with its key; --json for scripts.
     other = ok_json(cli(*grant_args(node, controller, key, notice, "customer-2",
-                                    tmp_path / "bob.json"), "--json"))
+                                    tmp_path / "bob.tlog-proof"), "--json"))
     revoked = ok_json(cli("revoke", "--log", node.url, "--key", str(key), "--controller",
                           controller, "--grant", str(other["event_id"]), "--json"))
     assert revoked["by"] == "controller" and revoked["grant"] == other["event_id"]
@@ -146,11 +158,13 @@ def test_a_receipt_that_does_not_fit_its_grant_is_refused_before_sending(
     key = controller_key(node, "tamper.example", tmp_path)
     notice = tmp_path / "notice.txt"
     notice.write_text("notice")
-    receipt = tmp_path / "r.json"
+    receipt = tmp_path / "r.tlog-proof"
     ok(cli(*grant_args(node, "tamper.example", key, notice, "c", receipt)))
-    kept = json.loads(receipt.read_text())
-    kept["revocation_token"] = "00" * 32
-    receipt.write_text(json.dumps(kept))
+    proof = parse_proof(receipt.read_bytes())
+    assert proof.extra is not None
+    extra = ReceiptExtra.decode(proof.extra)
+    forged = ReceiptExtra(**{**extra.__dict__, "token": bytes(32)})
+    receipt.write_bytes(format_proof(dataclasses.replace(proof, extra=forged.encode())))
     err = one_line_error(cli("revoke", "--log", node.url, "--receipt", str(receipt)), 1)
     assert "token does not match" in err
 
@@ -169,7 +183,7 @@ def test_a_refused_grant_leaves_no_receipt(node: NodeProcess, tmp_path: Path) ->
     ok(cli("keygen", "--out", str(key)))
     notice = tmp_path / "notice.txt"
     notice.write_text("notice")
-    receipt = tmp_path / "r.json"
+    receipt = tmp_path / "r.tlog-proof"
     err = one_line_error(cli(*grant_args(node, "stranger.example", key, notice, "c",
                                          receipt)), 1)
     assert "unknown-key" in err and not receipt.exists()
