@@ -20,6 +20,7 @@ commands:
   revoke    revoke a grant (controller or person)   (consent-ledger revoke --help)
   status    a consent's current status, verified    (consent-ledger status --help)
   verify    replay the whole log from genesis       (consent-ledger verify --help)
+  audit     full audit with mirrors and a report    (consent-ledger audit --help)
   receipt verify|refresh|show
             check, refresh or export a receipt      (consent-ledger receipt verify --help)
 """
@@ -42,6 +43,10 @@ def main(argv: Sequence[str]) -> int:
         from client.admin import controller_main
 
         return controller_main(rest)
+    if command == "audit":
+        from client.audit_cli import audit_main
+
+        return audit_main(rest)
     if command in ("grant", "revoke", "status", "verify"):
         from client.consent_cli import consent_main
 
