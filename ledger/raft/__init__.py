@@ -1,0 +1,35 @@
+"""Raft, sans I/O: the protocol core the clustered node drives (see node.py)."""
+
+from ledger.raft.log import RaftLog
+from ledger.raft.membership import Membership
+from ledger.raft.messages import (
+    AppendEntries,
+    AppendReply,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    Ready,
+    RequestVote,
+    TimeoutNow,
+    VoteReply,
+)
+from ledger.raft.node import MembershipChangeError, NotLeaderError, RaftNode
+
+__all__ = [
+    "AppendEntries",
+    "AppendReply",
+    "Entry",
+    "EntryKind",
+    "HardState",
+    "Membership",
+    "MembershipChangeError",
+    "Message",
+    "NotLeaderError",
+    "RaftLog",
+    "RaftNode",
+    "Ready",
+    "RequestVote",
+    "TimeoutNow",
+    "VoteReply",
+]

@@ -1,0 +1,106 @@
+"""The values the Raft core exchanges with its I/O layer: log entries, the persisted
+hard state, the five peer messages, and Ready (what to persist and send now).
+
+All are frozen, slotted dataclasses: they are built on the hot path and never copied.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+
+class EntryKind(enum.IntEnum):
+    NOOP = 0    # the first entry of every leader's term (lets it commit earlier terms)
+    BATCH = 1   # an opaque batch of ledger entries
+    CONFIG = 2  # a Membership, encoded
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    index: int  # 1-based Raft index
+    term: int
+    kind: EntryKind
+    # CONFIG: Membership.encode(); NOOP: b""; BATCH: the payload. The core never holds
+    # BATCH payloads, so in the AppendEntries it emits they are None and the I/O layer
+    # attaches them from its storage (with_data) before sending. Everywhere else
+    # (messages given to step(), Ready.entries) data is present.
+    data: bytes | None
+
+    def with_data(self, data: bytes) -> Entry:
+        return replace(self, data=data)
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    term: int
+    voted_for: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    term: int  # for a pre-vote, the term the sender would campaign in (not yet its own)
+    src: str
+    dst: str
+    last_index: int
+    last_term: int
+    pre_vote: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VoteReply:
+    term: int
+    src: str
+    dst: str
+    granted: bool
+    pre_vote: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    term: int
+    src: str
+    dst: str
+    prev_index: int
+    prev_term: int
+    entries: tuple[Entry, ...]
+    commit: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendReply:
+    term: int
+    src: str
+    dst: str
+    # success: the follower's log matches the leader's through match_index, durably.
+    # failure: match_index echoes the prev_index that did not match (so the leader can
+    #   tell a stale rejection from a fresh one) and hint_index is where to retry.
+    # refused: the follower's verifier refused the entry at match_index + 1.
+    success: bool
+    match_index: int
+    hint_index: int
+    refused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer: campaign now, without waiting for a timeout or a pre-vote."""
+
+    term: int
+    src: str
+    dst: str
+
+
+Message = RequestVote | VoteReply | AppendEntries | AppendReply | TimeoutNow
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What the I/O layer must do now, in this order, then call advance(ready)."""
+
+    hard_state: HardState | None  # persist if not None (before sending messages)
+    truncate_after: int | None  # first delete persisted entries with index > truncate_after
+    entries: tuple[Entry, ...]  # then durably append these (data always present)
+    messages: tuple[Message, ...]  # then send these (only after the above is durable)
+    commit_index: int  # entries <= commit_index are committed AND persisted here
+    newly_committed: tuple[int, int] | None  # (lo, hi] committed since the last Ready
