@@ -47,6 +47,7 @@ LONG_EXPIRED_MS = 30 * 86_400_000
 GAP_MS = 86_400_000
 MAX_LISTED = 200  # anomalies of one kind listed in full; the rest are counted
 MINUTE_MS = 60_000
+SHORT_SPAN_MS = 6 * 3_600_000  # per-minute counts only for logs this short
 
 Facts = dict[str, Any]
 
@@ -165,15 +166,24 @@ class FactCollector:
     def facts(self, state: LedgerState) -> Facts:
         per_hour: Counter[str] = Counter()
         per_day: Counter[str] = Counter()
-        series: dict[str, dict[str, dict[str, int]]] = {"per_day": {}, "per_hour": {}}
+        per_minute: Counter[str] = Counter()
+        # Minutes are only worth listing for a log that spans hours, not years.
+        short = self.first_time is not None and self.last_time is not None \
+            and self.last_time - self.first_time <= SHORT_SPAN_MS
+        series: dict[str, dict[str, dict[str, int]]] = {"per_day": {}, "per_hour": {},
+                                                          "per_minute": {}}
         for what, counts in (("grants", self.grants_per_minute),
                              ("revocations", self.revocations_per_minute)):
-            per_hour, per_day = Counter(), Counter()
+            per_hour, per_day, per_minute = Counter(), Counter(), Counter()
             for minute, n in counts.items():
                 stamp = _iso(minute * MINUTE_MS)
+                per_minute[stamp[:16]] += n
                 per_hour[stamp[:13]] += n
                 per_day[stamp[:10]] += n
-            for name, c in (("per_day", per_day), ("per_hour", per_hour)):
+            if not short:
+                per_minute.clear()
+            for name, c in (("per_day", per_day), ("per_hour", per_hour),
+                            ("per_minute", per_minute)):
                 for bucket, n in c.items():
                     series[name].setdefault(bucket, {"grants": 0, "revocations": 0})[what] = n
         revoked = sum(1 for g in state.grants.values() if g.revoked_at is not None)
@@ -196,6 +206,7 @@ class FactCollector:
             "per_jurisdiction": dict(sorted(self.jurisdictions.items())),
             "per_day": dict(sorted(series["per_day"].items())),
             "per_hour": dict(sorted(series["per_hour"].items())),
+            "per_minute": dict(sorted(series["per_minute"].items())),
             "revocation_delay_ms": _distribution(self.delays),
             "key_history": self.keys,
             "signed_by_key": dict(sorted(self.signed_by_key.items())),
@@ -203,8 +214,8 @@ class FactCollector:
             "largest_gaps": [{"ms": ms, "before_entry": i} for ms, i in self.largest_gaps],
             "anomalies": {k: {"count": self.anomaly_counts[k], "listed": v}
                           for k, v in self.anomalies.items()},
-            "refused_events": "not visible: a log holds only the events it admitted "
-                              "(e.g. none signed by a retired key)",
+            "refused_events": "Refused events (e.g. signed with a retired key) are not "
+                              "visible: a log holds only the events it admitted",
         }
 
 
@@ -287,19 +298,19 @@ def _hbars(rows: list[tuple[str, list[int]]], series: list[tuple[str, str]],
     top = 28
     height = top + row_h * len(rows) + 8
     peak = max(max(v) for _, v in rows) or 1
-    parts = [f'<svg class=chart viewBox="0 0 {label_w + bar_w + 90} {height}" role=img '
+    parts = [f'<svg class="chart" viewBox="0 0 {label_w + bar_w + 90} {height}" role="img" '
              f'aria-label="{_E(title)}">', _legend(series, label_w)]
     for r, (label, values) in enumerate(rows):
         y = top + r * row_h
         short = label if len(label) <= 38 else label[:37] + "…"
-        parts.append(f'<text x="{label_w - 8}" y="{y + row_h / 2 + 4}" text-anchor=end>'
+        parts.append(f'<text x="{label_w - 8}" y="{y + row_h / 2 + 4}" text-anchor="end">'
                      f'<title>{_E(label)}</title>{_E(short)}</text>')
         for s, (value, (_, colour)) in enumerate(zip(values, series, strict=True)):
             w = max(1.0, bar_w * value / peak) if value else 0
             by = y + 4 + s * bar_h
             parts.append(f'<rect x="{label_w}" y="{by}" width="{w:.1f}" height="{bar_h - 2}" '
                          f'fill="{colour}"/><text x="{label_w + w + 4:.1f}" y="{by + 8}" '
-                         f'class=val>{value:,}</text>')
+                         f'class="val">{value:,}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -323,14 +334,14 @@ def _columns(buckets: list[tuple[str, list[int]]], series: list[tuple[str, str]]
     peak = max(max(v) for _, v in buckets) or 1
     slot = plot_w / len(buckets)
     bar = max(1.0, min(28.0, slot * 0.8 / len(series)))
-    parts = [f'<svg class=chart viewBox="0 0 {width} {height}" role=img '
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="{_E(title)}">', _legend(series, left)]
     for k in range(5):  # horizontal grid with values
         v = peak * k / 4
         y = top + plot_h - plot_h * k / 4
         parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" '
-                     f'class=grid/><text x="{left - 6}" y="{y + 4:.1f}" text-anchor=end '
-                     f'class=val>{v:,.0f}</text>')
+                     f'class="grid"/><text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" '
+                     f'class="val">{v:,.0f}</text>')
     every = max(1, len(buckets) // 12)  # at most ~12 axis labels
     for b, (label, values) in enumerate(buckets):
         x0 = left + b * slot + (slot - bar * len(series)) / 2
@@ -341,11 +352,11 @@ def _columns(buckets: list[tuple[str, list[int]]], series: list[tuple[str, str]]
                          f'<title>{_E(label)}: {value:,} {_E(name)}</title></rect>')
         if b % every == 0:
             cx = left + b * slot + slot / 2
-            parts.append(f'<text x="{cx:.1f}" y="{top + plot_h + 14}" text-anchor=end '
+            parts.append(f'<text x="{cx:.1f}" y="{top + plot_h + 14}" text-anchor="end" '
                          f'transform="rotate(-35 {cx:.1f} {top + plot_h + 14})" '
-                         f'class=axis>{_E(label)}</text>')
+                         f'class="axis">{_E(label)}</text>')
     parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{top + plot_h}" '
-                 f'y2="{top + plot_h}" class=axisline/></svg>')
+                 f'y2="{top + plot_h}" class="axisline"/></svg>')
     return "".join(parts)
 
 
@@ -353,9 +364,15 @@ def _timeline(facts: Facts) -> tuple[str, list[tuple[str, list[int]]]]:
     days = facts["per_day"]
     if len(days) >= 3:
         return "per day (UTC)", [(d, [v["grants"], v["revocations"]]) for d, v in days.items()]
-    hours = facts["per_hour"]
-    return "per hour (UTC)", [(h.replace("T", " ") + ":00", [v["grants"], v["revocations"]])
-                              for h, v in hours.items()]
+    if len(facts["per_hour"]) < 3 and facts["per_minute"]:
+        unit, buckets = "minute", facts["per_minute"]
+    else:
+        unit, buckets = "hour", {h + ":00": v for h, v in facts["per_hour"].items()}
+    if len(days) == 1:  # one day: the axis shows times, the heading the date
+        return f"per {unit}, {next(iter(days))} (UTC)", [
+            (b[11:], [v["grants"], v["revocations"]]) for b, v in buckets.items()]
+    return f"per {unit} (UTC)", [(b.replace("T", " "), [v["grants"], v["revocations"]])
+                                 for b, v in buckets.items()]
 
 
 def _cell(value: Any) -> str:
