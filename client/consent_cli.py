@@ -7,6 +7,10 @@ proof, root entry and checkpoint verify (client/status.py), a log only once it r
 from genesis. Without --log-key the log key is fetched from GET /v1/keys (trust on
 first use) and the output says so.
 
+`grant` writes the person's receipt and `revoke --receipt` (the person, with the token
+from it) writes a receipt of the revocation: C2SP tlog-proof files (client/receipts.py)
+that `consent-ledger receipt verify` checks offline.
+
 Exit codes: 0 done (for `status`, whatever the status: it is an answer), 1 the node
 refused, could not be reached, or gave an answer that does not verify, 2 bad arguments.
 Errors are one line on stderr, never a traceback.
