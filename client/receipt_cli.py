@@ -172,7 +172,8 @@ def _summary(r: Receipt) -> list[tuple[str, Any]]:
 
 
 def _kind(r: Receipt) -> str:
-    return "grant" if r.is_grant else f"revocation by the {getattr(r.event, 'by', '?')}"
+    event = r.event
+    return "grant" if isinstance(event, Grant) else f"revocation by the {event.by}"
 
 
 # ---------------------------------------------------------------- verify
@@ -202,17 +203,16 @@ async def _refresh_trust(args: argparse.Namespace, url: str, file: ReceiptFile,
     """The log key LogClient checks the node with, how checkpoints are opened, and what
     that trust is called. Under a policy, the log key is the policy's key whose name is
     the receipt's origin, and every checkpoint must also meet the policy's quorum."""
-    given = _opener(args)
-    if args.log_key is not None:
-        assert given is not None
-        return args.log_key, given[0], given[1]
-    if given is not None:
-        origin = file.checkpoint.origin
-        keys = [k.vkey for k in _load_policy(args.policy).logs
-                if new_verifier(k.vkey).name == origin]
+    if args.policy is not None:
+        policy, origin = _load_policy(args.policy), file.checkpoint.origin
+        keys = [k.vkey for k in policy.logs if new_verifier(k.vkey).name == origin]
         if not keys:
             raise UsageError(f"--policy: no log in it has the receipt's origin {origin!r}")
-        return keys[0], given[0], given[1]
+        return keys[0], policy_opener(policy, now=int(time.time())), \
+            f"the policy {args.policy}"
+    given = _opener(args)
+    if given is not None:  # --log-key
+        return args.log_key, given[0], given[1]
     vkey = await LogClient.fetch_log_key(url, session)
     return vkey, log_key_opener(new_verifier(vkey)), TOFU_NOTE
 

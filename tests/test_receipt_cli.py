@@ -163,7 +163,7 @@ def test_a_receipt_verifies_offline_and_every_tampering_is_named(
 
 
 def test_refresh_proves_a_receipt_in_a_grown_log_and_reports_the_status_now(
-        node: NodeProcess, tmp_path: Path) -> None:
+        node: NodeProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key = register(node, "refresh.example", tmp_path)
     receipt = tmp_path / "r.tlog-proof"
     grant(node, "refresh.example", key, "customer-1", receipt)
@@ -185,9 +185,18 @@ def test_refresh_proves_a_receipt_in_a_grown_log_and_reports_the_status_now(
     assert "dpv:Marketing: ConsentGiven" in out["status now"]
     assert "trust on first use" in out["log key"]
 
+    policy = tmp_path / "trust.policy"
+    policy.write_text(f"log {vkey}\nquorum none\n")
+    assert client_main(["receipt", "refresh", str(receipt), "--policy", str(policy),
+                        "--json"]) == 0
+    by_policy = json.loads(capsys.readouterr().out)
+    assert by_policy["log_key"] == f"the policy {policy}"
+    assert by_policy["newest_checkpoint_size"] >= fresh["newest_checkpoint_size"]
+
     _, stranger = generate_key(ORIGIN)
-    err = one_line_error(cli("receipt", "refresh", str(receipt), "--log-key", stranger), 1)
-    assert "the checkpoint does not verify" in err
+    assert client_main(["receipt", "refresh", str(receipt), "--log-key", stranger]) == 1
+    err = capsys.readouterr().err
+    assert "the checkpoint does not verify" in err and err.count("\n") == 1
 
 
 # ---------------------------------------------------------------- revocation by token
