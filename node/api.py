@@ -44,6 +44,10 @@ async def post_events(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > rt.config.max_body_bytes:
         raise_problem("too-large", f"the body is {request.content_length} bytes; "
                       f"at most {rt.config.max_body_bytes} are accepted")
+    if rt.replica is not None and not rt.replica.is_leader:
+        from node.cluster_api import forward_to_leader
+
+        return await forward_to_leader(request, rt.replica, await request.read())
     items, single = await _read_events(request, rt)
     verdicts = await rt.verifier.verify(rt.state, items)
     outcomes: list[Accepted | RejectedError | None] = [
@@ -224,6 +228,11 @@ async def get_status(request: web.Request) -> web.Response:
     if not controller or not purpose:
         raise_problem("out-of-range", "give ?controller=&subject=&purpose=")
     subject = _hash_param(request.query.get("subject", ""), "subject")
+    if rt.replica is not None and not rt.replica.is_leader:
+        # Only the leader's map is always the one its latest checkpoint commits to.
+        from node.cluster_api import forward_to_leader
+
+        return await forward_to_leader(request, rt.replica, None)
     while not rt.sequencer.map_stable.is_set():  # a batch's root is being committed
         await rt.sequencer.map_stable.wait()
     if not rt.sequencer.healthy:
@@ -251,8 +260,14 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def get_keys(request: web.Request) -> web.Response:
     rt = _runtime(request)
-    return web.json_response({"origin": rt.origin, "log": rt.log_vkey,
-                              "operator": b64(rt.operator_public), "cosigners": []})
+    cosigners = [] if rt.replica is None else [m.key for m in rt.replica.cluster.members]
+    operator = rt.state.keys[rt.state.operator_key_id].public_key \
+        if rt.state.operator_key_id is not None else rt.operator_public
+    body: dict[str, Any] = {"origin": rt.origin, "log": rt.log_vkey, "operator": b64(operator),
+                            "cosigners": cosigners}
+    if rt.replica is not None:
+        body["policy"] = rt.replica.cluster.policy_text()
+    return web.json_response(body)
 
 
 # ---------------------------------------------------------------- operations

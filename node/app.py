@@ -58,4 +58,8 @@ def create_app(config: NodeConfig) -> web.Application:
 
     app.cleanup_ctx.append(runtime_ctx)
     add_routes(app)
+    if config.cluster_file is not None:
+        from node.cluster_api import add_cluster_routes
+
+        add_cluster_routes(app)
     return app

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -23,7 +23,7 @@ from node.config import ConfigError, NodeConfig, load_config
 from node.logs import setup_logging
 from node.storage import StorageError
 
-NODE_COMMANDS = ("node", "up")
+NODE_COMMANDS = ("node", "up", "cluster")
 
 
 def _node_flags(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def _config(args: argparse.Namespace) -> NodeConfig:
                        port=args.port, origin=args.origin, log_level=args.log_level)
 
 
-async def _serve(config: NodeConfig, *, then: object = None, once: bool = False) -> int:
+async def _serve(config: NodeConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -53,29 +53,12 @@ async def _serve(config: NodeConfig, *, then: object = None, once: bool = False)
     port = runner.addresses[0][1]
     url = f"http://{config.host}:{port}"
     print(f"consent-ledger node listening on {url}", flush=True)
-    status = 0
     try:
-        if callable(then):
-            status = await then(url, config)
-            if once:
-                return status
         await stop.wait()
         print("consent-ledger node: shutting down after the batch in flight", flush=True)
     finally:
         await runner.cleanup()
-    return status
-
-
-async def _up_demo(url: str, config: NodeConfig, events: int, once: bool) -> int:
-    # The demo is a client like any other: its own process, so that it neither shares
-    # the node's event loop nor its core.
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "node.cli", "demo", "--log", url,
-        "--operator-key", str(config.operator_key_path), "--events", str(events))
-    status = await proc.wait()
-    if status == 0 and not once:
-        print(f"\nThe node keeps serving at {url}; Ctrl-C stops it.", flush=True)
-    return status
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,26 +67,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         from client.cli import main as client_main
 
         return client_main(argv)
+    if argv[0] in ("cluster", "up"):
+        from node.cluster_cli import cluster_main, up_main
+
+        setup_logging("warning")
+        run_cluster_command = cluster_main if argv[0] == "cluster" else up_main
+        return _reporting_errors(lambda: run_cluster_command(argv[1:]))
     parser = argparse.ArgumentParser(prog="consent-ledger")
     sub = parser.add_subparsers(dest="command", required=True)
-    node = sub.add_parser("node", help="run a ledger node")
+    node = sub.add_parser("node", help="run a ledger node (one, or a cluster member)")
     _node_flags(node)
-    up = sub.add_parser("up", help="run a node on loopback and drive the demo workload")
-    _node_flags(up)
-    up.add_argument("--demo-events", type=int, default=2000, metavar="N")
-    up.add_argument("--once", action="store_true", help="exit after the demo")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         config = _config(args)
         setup_logging(config.log_level)
-        if args.command == "node":
-            return asyncio.run(_serve(config))
-        events = args.demo_events
+        return asyncio.run(_serve(config))
 
-        async def demo(url: str, cfg: NodeConfig) -> int:
-            return await _up_demo(url, cfg, events, args.once)
+    return _reporting_errors(run)
 
-        return asyncio.run(_serve(config, then=demo, once=args.once))
+
+def _reporting_errors(run: Callable[[], int]) -> int:
+    """Run a command; errors reach the user as one line and a non-zero exit."""
+    try:
+        return run()
     except (ConfigError, StorageError, ClientError, LedgerError, OSError) as exc:
         print(f"consent-ledger: error: {one_line(exc)}", file=sys.stderr)
         return 1

@@ -26,6 +26,11 @@ class NodeConfig:
     origin: str | None = None  # fixed at genesis; default: a random name under consent-ledger.local
     log_key_file: Path | None = None  # signs checkpoints; default DATA/log.key, created if absent
     operator_key_file: Path | None = None  # signs genesis and admin events; DATA/operator.key
+    # A cluster member: the cluster's file (members, their keys, the log key) and this member's
+    # name in it; its own key (cosigning, peer authentication) defaults to DATA/node.key.
+    cluster_file: Path | None = None
+    member: str | None = None
+    node_key_file: Path | None = None
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch_items: int = 1000
     max_queue: int = 20_000
@@ -43,6 +48,8 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_skew_ms < 0:
             raise ConfigError("max_skew_ms must not be negative")
+        if (self.cluster_file is None) != (self.member is None):
+            raise ConfigError("a cluster member needs both cluster_file and member")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level {self.log_level!r} is not debug|info|warning|error")
 
@@ -57,6 +64,10 @@ class NodeConfig:
     @property
     def operator_key_path(self) -> Path:
         return self.operator_key_file or self.data_dir / "operator.key"
+
+    @property
+    def node_key_path(self) -> Path:
+        return self.node_key_file or self.data_dir / "node.key"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
@@ -94,7 +105,8 @@ def load_config(*, file: Path | None = None, env: Mapping[str, str] | None = Non
             if key not in _FIELDS:
                 raise ConfigError(f"{file}: unknown setting {key!r}")
             values[key] = value
-        for key in ("data_dir", "log_key_file", "operator_key_file"):
+        for key in ("data_dir", "log_key_file", "operator_key_file", "cluster_file",
+                    "node_key_file"):
             if key in values and not Path(values[key]).is_absolute():
                 values[key] = file.parent / values[key]
     for name in _FIELDS:

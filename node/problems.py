@@ -44,8 +44,12 @@ STATUS: dict[str, int] = {
     "no-genesis": 409,
     "duplicate-event": 409,
     "time-regressed": 409,
+    "unauthorized-peer": 401,
+    "not-leader": 409,
+    "cosign-refused": 409,
     "overloaded": 503,
     "unavailable": 503,
+    "no-leader": 503,
     "internal": 500,
 }
 
@@ -78,6 +82,10 @@ TITLES: dict[str, str] = {
     "overloaded": "The node is overloaded",
     "unavailable": "The node is not accepting writes",
     "internal": "Internal error",
+    "unauthorized-peer": "Not an authenticated cluster member",
+    "not-leader": "Not from the leader this member follows",
+    "cosign-refused": "This member will not cosign that checkpoint",
+    "no-leader": "The cluster has no reachable leader right now",
 }
 
 

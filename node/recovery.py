@@ -24,7 +24,14 @@ from node.storage import Storage, StorageError
 async def recover(
     storage: Storage,
     open_checkpoint: Callable[[bytes], Checkpoint],
+    *,
+    uncommitted_tail: bool = False,
 ) -> tuple[LedgerState, MerkleTree, bytes | None]:
+    """State, tree and latest checkpoint from disk, every entry checked.
+
+    A cluster member's log may end with entries it stored but that are not yet known to
+    be committed (`uncommitted_tail`): then the checkpoint covers a prefix of the entries.
+    """
     state = LedgerState()
     tree = MerkleTree()
     start = 0
@@ -64,9 +71,10 @@ async def recover(
         checkpoint = open_checkpoint(note)
     except LedgerError as exc:
         raise StorageError(f"the latest checkpoint does not verify: {exc}") from None
-    if checkpoint.size != size or size != tree.size:
+    if checkpoint.size != size or (size != tree.size and not uncommitted_tail) \
+            or size > tree.size:
         raise StorageError(f"the latest checkpoint is for size {checkpoint.size}, "
                            f"the entries make {tree.size}")
-    if checkpoint.root != tree.root():
+    if checkpoint.root != tree.root(size):
         raise StorageError("the latest checkpoint's root does not match the entries")
     return state, tree, note

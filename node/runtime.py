@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,6 +30,9 @@ from node.sequencer import Sequencer
 from node.storage import Storage
 from node.verifier import SignatureVerifier
 
+if TYPE_CHECKING:
+    from node.replica import Replica
+
 log = logging.getLogger("consent_ledger.node")
 
 
@@ -44,12 +48,13 @@ class NodeRuntime:
     sequencer: Sequencer
     verifier: SignatureVerifier
     metrics: Metrics
+    replica: Replica | None = None  # set on a cluster member
 
 
 RUNTIME = web.AppKey("runtime", NodeRuntime)
 
 
-def _key(path: os.PathLike[str]) -> Ed25519PrivateKey:
+def key_file(path: os.PathLike[str]) -> Ed25519PrivateKey:
     if not os.path.exists(path):
         generate_key_file(path)
         log.info("created key", extra={"path": str(path)})
@@ -68,7 +73,7 @@ async def _origin(storage: Storage, config: NodeConfig) -> str:
     return origin
 
 
-async def _checkpoint_wal_every(storage: Storage, seconds: float) -> None:
+async def checkpoint_wal_every(storage: Storage, seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)  # a timer, not synchronisation
         try:
@@ -80,8 +85,14 @@ async def _checkpoint_wal_every(storage: Storage, seconds: float) -> None:
 @contextlib.asynccontextmanager
 async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
     """Open storage, verify it, start the sequencer; on exit, finish the batch in flight."""
+    if config.cluster_file is not None:
+        from node.cluster_runtime import open_cluster_runtime
+
+        async with open_cluster_runtime(config) as runtime:
+            yield runtime
+        return
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    log_key = _key(config.log_key_path)
+    log_key = key_file(config.log_key_path)
     storage = await Storage.open(config.db_path)
     verifier = SignatureVerifier(config.verify_threads)
     try:
@@ -106,11 +117,11 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
             max_commit_entries=config.max_commit_entries,
         )
         task = asyncio.create_task(sequencer.run(), name="sequencer")
-        wal_task = asyncio.create_task(_checkpoint_wal_every(storage, 1.0), name="wal")
+        wal_task = asyncio.create_task(checkpoint_wal_every(storage, 1.0), name="wal")
         try:
             if state.size == 0:
                 # The operator key is needed once, here; after genesis it may live offline.
-                operator_key = _key(config.operator_key_path)
+                operator_key = key_file(config.operator_key_path)
                 genesis = Genesis(origin=origin, operator_key=public_bytes(operator_key),
                                   created_at=time.time_ns() // 1_000_000,
                                   max_skew_ms=config.max_skew_ms)

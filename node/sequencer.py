@@ -116,6 +116,15 @@ class Sequencer:
         self._wakeup.set()
         return futures
 
+    def reset(self, state: LedgerState, tree: MerkleTree) -> None:
+        """Sequence onto a ledger reloaded from disk (a cluster member after a truncation)."""
+        self._state, self._tree = state, tree
+
+    def published(self, size: int, checkpoint: bytes) -> None:
+        """A newer (or newly cosigned) checkpoint to serve, published by the cluster."""
+        if size >= self.committed_size:
+            self.committed_size, self.checkpoint = size, checkpoint
+
     @property
     def healthy(self) -> bool:
         return self._failed is None

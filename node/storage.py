@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import aiosqlite
 
@@ -60,7 +61,7 @@ class Storage:
         self._checkpointer: aiosqlite.Connection | None = None
 
     @classmethod
-    async def open(cls, path: Path) -> Storage:
+    async def open(cls, path: Path) -> Self:
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             await db.execute("PRAGMA journal_mode=WAL")

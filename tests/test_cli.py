@@ -14,14 +14,15 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return cli(*args, timeout=timeout)
 
 
-def test_up_runs_a_node_and_the_demo_through_it(tmp_path: Path) -> None:
-    result = run("up", "--data", str(tmp_path / "data"), "--port", "0",
+def test_up_runs_a_cluster_and_the_demo_through_it(tmp_path: Path) -> None:
+    result = run("up", "--dir", str(tmp_path / "cluster"), "--base-port", "0",
                  "--demo-events", "400", "--once")
     assert result.returncode == 0, result.stderr
-    assert "listening on http://127.0.0.1:" in result.stdout
+    assert "3 members" in result.stdout and "(leader)" in result.stdout
     assert "checkpoint verified" in result.stdout
     assert "0 rejected" in result.stdout
-    assert (tmp_path / "data" / "ledger.sqlite").exists()
+    for member in ("n1", "n2", "n3"):
+        assert (tmp_path / "cluster" / member / "ledger.sqlite").exists()
 
 
 def test_node_without_data_dir_is_one_line(tmp_path: Path) -> None:

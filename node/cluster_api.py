@@ -1,0 +1,111 @@
+"""The cluster's HTTP surface: peer messages, cosign requests, forwarding to the leader."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ledger.errors import DecodeError
+from ledger.raft.wire import decode_messages
+from node.cosigning import CosignError
+from node.peer_auth import PeerAuthError, check_request
+from node.peers import COSIGN_PATH, RAFT_PATH
+from node.problems import raise_problem
+from node.replica import Replica
+from node.runtime import RUNTIME
+
+MAX_PEER_BODY = 64 * 1024 * 1024
+_FORWARDED = "Consent-Ledger-Forwarded-By"
+_HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+def _replica(request: web.Request) -> Replica:
+    replica = request.app[RUNTIME].replica
+    if replica is None:
+        raise_problem("not-found", "this node is not a cluster member")
+    assert replica is not None
+    return replica
+
+
+async def _authenticated_body(request: web.Request, replica: Replica) -> tuple[str, bytes]:
+    if request.content_length is not None and request.content_length > MAX_PEER_BODY:
+        raise_problem("too-large", "peer message too large")
+    body = await request.read()
+    peers = {m.id: Ed25519PublicKey.from_public_bytes(m.public_key)
+             for m in replica.cluster.members}
+    try:
+        src = check_request(peers, me=replica.member, path=request.path,
+                            headers=request.headers, body=body)
+    except PeerAuthError as exc:
+        raise_problem("unauthorized-peer", str(exc))
+    return src, body
+
+
+async def post_raft(request: web.Request) -> web.Response:
+    replica = _replica(request)
+    src, body = await _authenticated_body(request, replica)
+    try:
+        messages = decode_messages(body)
+    except DecodeError as exc:
+        raise_problem("malformed", f"peer messages: {exc}")
+    replica.receive(src, messages)
+    return web.Response(status=204)
+
+
+async def post_cosign(request: web.Request) -> web.Response:
+    replica = _replica(request)
+    src, body = await _authenticated_body(request, replica)
+    if src != replica.raft.leader_id:
+        raise_problem("not-leader", f"{src} is not the leader this member follows")
+    try:
+        line = await replica.cosigner.handle(body)
+    except CosignError as exc:
+        raise_problem("cosign-refused", str(exc))
+    if not line:
+        return web.Response(status=204)
+    return web.Response(body=line, content_type="text/plain", charset="utf-8")
+
+
+async def get_cluster(request: web.Request) -> web.Response:
+    replica = _replica(request)
+    raft = replica.raft
+    return web.json_response({
+        "member": replica.member, "role": raft.role, "term": raft.term,
+        "leader": raft.leader_id, "raft_commit": raft.commit_index,
+        "raft_last": raft.last_index, "committed_size": replica.committed_size,
+        "published_size": replica.published_size,
+        "checkpoint_size": request.app[RUNTIME].sequencer.committed_size,
+        "members": [{"id": m.id, "url": m.url, "key": m.key} for m in replica.cluster.members],
+    })
+
+
+async def forward_to_leader(request: web.Request, replica: Replica,
+                            body: bytes | None) -> web.Response:
+    """Relay a client's request to the leader, so that any member takes writes."""
+    leader = replica.leader_url()
+    if leader is None or request.headers.get(_FORWARDED):
+        raise_problem("no-leader", "the cluster has no leader right now (an election is "
+                      "under way); retry shortly", headers={"Retry-After": "1"})
+    assert leader is not None
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    headers[_FORWARDED] = replica.member
+    session = replica.session
+    try:
+        async with session.request(request.method, leader + request.path_qs, data=body,
+                                   headers=headers,
+                                   timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            data = await resp.read()
+            out = {k: v for k, v in resp.headers.items()
+                   if k.lower() not in _HOP_HEADERS and k.lower() != "content-encoding"}
+            return web.Response(status=resp.status, body=data, headers=out)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise_problem("no-leader", f"the leader at {leader} did not answer ({exc}); retry",
+                      headers={"Retry-After": "1"})
+    raise AssertionError("unreachable")
+
+
+def add_cluster_routes(app: web.Application) -> None:
+    app.router.add_post(RAFT_PATH, post_raft)
+    app.router.add_post(COSIGN_PATH, post_cosign)
+    app.router.add_get("/v1/cluster", get_cluster)

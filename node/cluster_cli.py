@@ -1,0 +1,212 @@
+"""`consent-ledger cluster init | up`: make a cluster's files, run a local cluster.
+
+`init` writes, under DIR: cluster.toml (members, URLs, pinned keys, the log key), one
+<member>.toml per member (what `consent-ledger node --config` reads), keys/ (the log's
+signing key, held by every member; the operator's key, which signed the genesis event
+and then belongs offline; one key per member), genesis.msgpack and policy.txt (the C2SP
+tlog-policy that clients trust: the log key and a majority of member cosignatures).
+
+`up` runs every member of DIR's cluster as its own process on loopback, waits until a
+leader has published the genesis entry, prints the members' URLs and keeps them running
+until interrupted; a member that dies is reported, not silently restarted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+
+from client.keys import generate_key_file
+from ledger.cosignature import cosigner_verifier_key
+from ledger.events import Genesis
+from ledger.note import ALG_ED25519, format_verifier_key
+from ledger.signed import public_bytes, sign_event
+from node.cluster_config import ClusterConfig, Member, format_cluster, load_cluster
+from node.config import ConfigError, load_config
+
+
+def free_ports(n: int) -> list[int]:
+    """n ports that are free on loopback now (the OS picks them)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+def init_cluster(directory: Path, *, nodes: int, host: str, base_port: int,
+                 origin: str | None, max_skew_ms: int = 10 * 60 * 1000,
+                 ports: Sequence[int] | None = None) -> ClusterConfig:
+    if nodes not in (1, 3, 5, 7):
+        raise ConfigError("--nodes must be 1, 3, 5 or 7 (an odd number of members)")
+    if (directory / "cluster.toml").exists():
+        raise ConfigError(f"{directory}/cluster.toml exists: refusing to overwrite a cluster")
+    if not 0 <= base_port <= 65535 - nodes:
+        raise ConfigError(f"--base-port {base_port} leaves no room for {nodes} ports")
+    if ports is None:
+        ports = free_ports(nodes) if base_port == 0 else [base_port + n for n in range(nodes)]
+    origin = origin or f"consent-ledger.local/{os.urandom(4).hex()}"
+    keys = directory / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    log_key = generate_key_file(keys / "log.key")
+    operator = generate_key_file(keys / "operator.key")
+    members = []
+    for n in range(1, nodes + 1):
+        member_id = f"n{n}"
+        key = generate_key_file(keys / f"{member_id}.key")
+        members.append(Member(member_id, f"http://{host}:{ports[n - 1]}",
+                              cosigner_verifier_key(f"{origin}/{member_id}", key.public_key())))
+    genesis = Genesis(origin=origin, operator_key=public_bytes(operator),
+                      created_at=time.time_ns() // 1_000_000, max_skew_ms=max_skew_ms)
+    (directory / "genesis.msgpack").write_bytes(sign_event(genesis, operator).encode())
+    config = ClusterConfig(origin, format_verifier_key(origin, ALG_ED25519,
+                                                       public_bytes(log_key)),
+                           tuple(members))
+    for m in members:
+        port = m.url.rsplit(":", 1)[1]
+        (directory / f"{m.id}.toml").write_text(
+            f'# consent-ledger node --config {m.id}.toml\n'
+            f'data_dir = "{m.id}"\nhost = "{host}"\nport = {port}\nmember = "{m.id}"\n'
+            f'cluster_file = "cluster.toml"\nlog_key_file = "keys/log.key"\n'
+            f'node_key_file = "keys/{m.id}.key"\nmax_skew_ms = {max_skew_ms}\n')
+    (directory / "cluster.toml").write_text(format_cluster(config, "genesis.msgpack"))
+    (directory / "policy.txt").write_text(config.policy_text())
+    return config
+
+
+async def wait_for_cluster(urls: Sequence[str], *, timeout: float,
+                           alive: object = None) -> str:
+    """The leader's URL once it has published the genesis entry (checked each 50 ms)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if callable(alive):
+                alive()
+            for url in urls:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                    async with session.get(url + "/v1/cluster",
+                                           timeout=aiohttp.ClientTimeout(total=1)) as resp:
+                        info = json.loads(await resp.read())
+                        if info["role"] == "leader" and info["published_size"] > 0:
+                            return url
+            await asyncio.sleep(0.05)  # polling a condition with a deadline
+    raise ConfigError(f"no leader published the genesis entry within {timeout:.0f} s")
+
+
+async def run_cluster(directory: Path, *, then: object = None, once: bool = False) -> int:
+    cluster = load_cluster(directory / "cluster.toml")
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for m in cluster.members:
+            procs[m.id] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "node.cli", "node",
+                "--config", str(directory / f"{m.id}.toml"),
+                stdout=asyncio.subprocess.DEVNULL, stderr=open(  # noqa: SIM115
+                    directory / f"{m.id}.log", "ab"))
+
+        def alive() -> None:
+            for member_id, proc in procs.items():
+                if proc.returncode is not None:
+                    raise ConfigError(f"member {member_id} exited with {proc.returncode}; "
+                                      f"see {directory / (member_id + '.log')}")
+
+        leader = await wait_for_cluster([m.url for m in cluster.members], timeout=30,
+                                        alive=alive)
+        print(f"consent-ledger cluster {cluster.origin}: {len(procs)} members", flush=True)
+        for m in cluster.members:
+            print(f"  {m.id}  {m.url}{'  (leader)' if m.url == leader else ''}", flush=True)
+        print(f"  trust policy: {directory / 'policy.txt'}", flush=True)
+        status = 0
+        if callable(then):
+            status = await then(leader, cluster)
+            if once or status != 0:
+                return status
+            print("\nThe cluster keeps serving; Ctrl-C stops it.", flush=True)
+        waiters = [asyncio.ensure_future(p.wait()) for p in procs.values()]
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        for member_id, proc in procs.items():
+            if proc.returncode is not None and not stop.is_set():
+                print(f"consent-ledger: member {member_id} exited with {proc.returncode}",
+                      file=sys.stderr)
+                status = 1
+        return status
+    finally:
+        for proc in procs.values():
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+def cluster_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="consent-ledger cluster")
+    sub = parser.add_subparsers(dest="action", required=True)
+    init = sub.add_parser("init", help="write a cluster's configuration and keys")
+    init.add_argument("--nodes", type=int, default=3)
+    init.add_argument("--dir", type=Path, required=True)
+    init.add_argument("--host", default="127.0.0.1")
+    init.add_argument("--base-port", type=int, default=7101,
+                      help="members listen on consecutive ports from here (0: any free ports)")
+    init.add_argument("--origin")
+    up = sub.add_parser("up", help="run every member of a local cluster")
+    up.add_argument("--dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.action == "init":
+        config = init_cluster(args.dir, nodes=args.nodes, host=args.host,
+                              base_port=args.base_port, origin=args.origin)
+        print(f"wrote a {len(config.members)}-member cluster for {config.origin} in {args.dir}")
+        for m in config.members:
+            print(f"  consent-ledger node --config {args.dir / (m.id + '.toml')}   # {m.url}")
+        return 0
+    load_config(file=args.dir / "n1.toml")  # fail early, in one line, on a broken directory
+    return asyncio.run(run_cluster(args.dir))
+
+
+async def _demo(directory: Path, leader: str, events: int) -> int:
+    # The demo is a client like any other, in its own process: it shares neither the
+    # members' event loops nor their cores.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "node.cli", "demo", "--log", leader,
+        "--operator-key", str(directory / "keys" / "operator.key"), "--events", str(events))
+    return await proc.wait()
+
+
+def up_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="consent-ledger up",
+        description="run a local cluster on loopback (made on first use) and the demo")
+    parser.add_argument("--dir", type=Path, default=Path("consent-cluster"))
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--base-port", type=int, default=7101)
+    parser.add_argument("--demo-events", type=int, default=2000, metavar="N")
+    parser.add_argument("--once", action="store_true", help="exit after the demo")
+    args = parser.parse_args(argv)
+    if not (args.dir / "cluster.toml").exists():
+        init_cluster(args.dir, nodes=args.nodes, host="127.0.0.1", base_port=args.base_port,
+                     origin=None)
+
+    async def demo(leader: str, cluster: ClusterConfig) -> int:
+        return await _demo(args.dir, leader, args.demo_events)
+
+    return asyncio.run(run_cluster(args.dir, then=demo, once=args.once))

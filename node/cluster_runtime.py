@@ -1,0 +1,118 @@
+"""A cluster member's parts: the node's runtime with a Raft replica as its durability."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+from collections.abc import AsyncIterator
+
+from client.keys import load_private_key
+from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from ledger.cosignature import CosignatureSigner
+from ledger.note import ALG_ED25519, Ed25519Signer, format_verifier_key, new_verifier
+from ledger.signed import public_bytes
+from node.cluster_config import load_cluster
+from node.config import ConfigError, NodeConfig
+from node.cosigning import Cosigner, load_guard
+from node.metrics import Metrics
+from node.recovery import recover
+from node.replica import Replica, restore_raft
+from node.replica_storage import ReplicaStorage
+from node.runtime import NodeRuntime, checkpoint_wal_every
+from node.sequencer import Sequencer
+from node.verifier import SignatureVerifier
+
+log = logging.getLogger("consent_ledger.node")
+
+
+@contextlib.asynccontextmanager
+async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
+    assert config.cluster_file is not None and config.member is not None
+    cluster = load_cluster(config.cluster_file)
+    member = cluster.member(config.member)
+    # Keys are never created here: a member with a fresh log key would be another log.
+    log_key = load_private_key(config.log_key_path)
+    log_vkey = format_verifier_key(cluster.origin, ALG_ED25519, public_bytes(log_key))
+    if log_vkey != cluster.log_key:
+        raise ConfigError(f"{config.log_key_path} is not the log key the cluster file names")
+    node_key = load_private_key(config.node_key_path)
+    if public_bytes(node_key) != member.public_key:
+        raise ConfigError(f"{config.node_key_path} is not the key the cluster file pins "
+                          f"for member {member.id}")
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    storage = await ReplicaStorage.open(config.db_path)
+    verifier = SignatureVerifier(config.verify_threads)
+    replica: Replica | None = None
+    try:
+        await storage.open_raft()
+        stored = await storage.get_meta("origin")
+        if stored is None:
+            await storage.set_meta("origin", cluster.origin.encode())
+        elif stored.decode() != cluster.origin:
+            raise ConfigError(f"this database holds the log {stored.decode()!r}, "
+                              f"not the cluster's {cluster.origin!r}")
+        signer = Ed25519Signer.from_private_key(cluster.origin, log_key)
+        log_verifier = new_verifier(log_vkey)
+        state, tree, checkpoint = await recover(
+            storage, lambda note: open_checkpoint(note, log_verifier)[0],
+            uncommitted_tail=True)
+        gc.freeze()
+        published = 0 if checkpoint is None else open_checkpoint(checkpoint, log_verifier)[0].size
+        raft, ends = restore_raft(member.id, cluster, await storage.hard_state(),
+                                  await storage.raft_rows())
+        metrics = Metrics(tree_size=published)
+        holder: list[Replica] = []
+
+        async def commit(rows: list[tuple[int, bytes, bytes, bytes]], old: int,
+                         new: int) -> bytes:
+            return await holder[0].commit_batch(rows, old, new)
+
+        sequencer = Sequencer(
+            state=state, tree=tree, commit=commit,
+            checkpoint=checkpoint or sign_checkpoint(Checkpoint(cluster.origin, 0,
+                                                                tree.root(0)), signer),
+            metrics=metrics, max_queue=config.max_queue,
+            max_commit_entries=config.max_commit_entries)
+        sequencer.committed_size = published
+        operator = state.keys[state.operator_key_id].public_key \
+            if state.operator_key_id is not None else b""
+        rt = NodeRuntime(config, cluster.origin, log_vkey, operator, storage, state, tree,
+                         sequencer, verifier, metrics)
+
+        def on_checkpoint(cp: Checkpoint, note: bytes) -> None:
+            if cp.size >= sequencer.committed_size:
+                sequencer.published(cp.size, note)
+                asyncio.get_running_loop().create_task(storage.store_checkpoint(cp.size, note))
+
+        cosigner = Cosigner(
+            cluster=cluster,
+            signer=CosignatureSigner.from_private_key(
+                cluster.member(member.id).cosigner.name, node_key),
+            guard=await load_guard(storage), storage=storage, tree=lambda: rt.tree,
+            log_verifier=log_verifier, on_checkpoint=on_checkpoint)
+        replica = Replica(rt=rt, cluster=cluster, member=member.id, node_key=node_key,
+                          storage=storage, raft=raft, ends=ends, log_signer=signer,
+                          log_verifier=log_verifier, cosigner=cosigner,
+                          published_size=published)
+        holder.append(replica)
+        rt.replica = replica
+        await replica.start()
+        task = asyncio.create_task(sequencer.run(), name="sequencer")
+        wal_task = asyncio.create_task(checkpoint_wal_every(storage, 1.0), name="wal")
+        try:
+            yield rt
+        finally:
+            wal_task.cancel()
+            await asyncio.gather(wal_task, return_exceptions=True)
+            await sequencer.drain()
+            try:
+                await asyncio.wait_for(task, timeout=10)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+    finally:
+        if replica is not None:
+            await replica.close()
+        verifier.close()
+        await storage.close()

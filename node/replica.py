@@ -1,0 +1,406 @@
+"""A cluster member: the thin I/O around the Raft core (ledger/raft).
+
+The core decides; this module persists, verifies, sends and publishes, in the order the
+core's Ready demands:
+
+1. truncation of a conflicting suffix, then the in-memory ledger is reloaded from disk;
+2. every batch a leader sends is decoded and re-checked here, as an auditor would
+   (encoding, signatures on both cores, key validity, chain, status roots); an invalid
+   batch is refused and never stored, so a leader cannot make this member accept it;
+3. vote, truncation and new entries in one SQLite transaction, synced;
+4. only then the messages, then `advance`: nothing is promised before it is durable.
+
+Committed entries are published by one task: on the leader it signs the checkpoint
+with the log key, gathers a majority of cosignatures (each member checks the checkpoint
+against its own tree, node/cosigning.py) and stores tiles and checkpoint; the write
+that waits on it is acknowledged with the cosigned checkpoint. Followers store the tiles
+of what is committed and serve the checkpoints the leader publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import aiohttp
+import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from ledger.entry import LogEntry
+from ledger.errors import LedgerError, RejectedError
+from ledger.events import StatusRoot
+from ledger.note import Ed25519Signer, Ed25519Verifier
+from ledger.raft.log import RaftLog
+from ledger.raft.messages import Entry, EntryKind, HardState, Message, Ready
+from ledger.raft.node import NotLeaderError, RaftNode
+from node.cluster_config import ClusterConfig
+from node.cosigning import Cosigner
+from node.local_commit import touched_tiles
+from node.peers import PeerLink
+from node.recovery import recover
+from node.replica_storage import RaftRow, ReplicaStorage, encode_batch
+from node.sequencer import UnavailableError
+
+if TYPE_CHECKING:
+    from node.runtime import NodeRuntime
+
+log = logging.getLogger("consent_ledger.replica")
+
+MAX_BATCH_ENTRIES = 70_000  # a Raft batch is at most max_commit_entries + 1 ledger entries
+_PAYLOAD_CACHE = 512
+
+
+class Replica:
+    def __init__(self, *, rt: NodeRuntime, cluster: ClusterConfig, member: str,
+                 node_key: Ed25519PrivateKey, storage: ReplicaStorage, raft: RaftNode,
+                 ends: dict[int, int], log_signer: Ed25519Signer,
+                 log_verifier: Ed25519Verifier, cosigner: Cosigner,
+                 published_size: int) -> None:
+        self._rt = rt
+        self.cluster = cluster
+        self.member = member
+        self.raft = raft
+        self._storage = storage
+        self._node_key = node_key
+        self._log_signer = log_signer
+        self._log_verifier = log_verifier
+        self.cosigner = cosigner
+        self._ends = ends  # Raft index → ledger size after it (every entry kind)
+        self._persisted_last = raft.last_index
+        self._state_last = raft.last_index  # the last Raft entry the ledger state holds
+        self._dirty = False
+        self.committed_size = published_size
+        self.published_size = published_size
+        self._proposed: dict[int, list[tuple[int, bytes, bytes, bytes]]] = {}
+        self._waiters: dict[int, asyncio.Future[bytes]] = {}
+        self._payloads: dict[int, bytes] = {}
+        self._wake = asyncio.Event()
+        self._publish = asyncio.Event()
+        self._was_leader = False
+        self._session: aiohttp.ClientSession | None = None
+        self.links: dict[str, PeerLink] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failed: BaseException | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        for m in self.cluster.members:
+            if m.id != self.member:
+                link = PeerLink(me=self.member, peer=m.id, url=m.url, key=self._node_key,
+                                session=self._session, load_payloads=self._load_payloads)
+                self.links[m.id] = link
+                self._tasks.append(asyncio.create_task(link.run(), name=f"peer-{m.id}"))
+        self._tasks.append(asyncio.create_task(self._ticker(), name="raft-ticker"))
+        self._tasks.append(asyncio.create_task(self._guarded(self._ready_loop), name="raft"))
+        self._tasks.append(asyncio.create_task(self._guarded(self._publisher), name="publish"))
+        self._tasks.append(asyncio.create_task(self._recosigner(), name="recosign"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_waiters(lambda i: True, "the node is shutting down")
+        if self._session is not None:
+            await self._session.close()
+
+    async def _guarded(self, body: Callable[[], object]) -> None:
+        try:
+            await body()  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # Disk state is behind memory or unknown: stop; a restart recovers from disk.
+            log.exception("replica stopped")
+            self.failed = exc
+            self._fail_waiters(lambda i: True, f"storage failure: {exc}")
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "start() first"
+        return self._session
+
+    # ---------------------------------------------------------------- roles
+
+    @property
+    def is_leader(self) -> bool:
+        """Leader, and its ledger in memory is the one on disk: it may sequence."""
+        return self.raft.role == "leader" and self.failed is None and not self._dirty
+
+    def leader_url(self) -> str | None:
+        leader = self.raft.leader_id
+        if leader is None or leader == self.member:
+            return None
+        return self.cluster.member(leader).url
+
+    # ---------------------------------------------------------------- inbound
+
+    def receive(self, src: str, messages: list[Message]) -> None:
+        for m in messages:
+            if m.src != src or m.dst != self.member:
+                continue  # an authenticated peer may only speak for itself
+            self.raft.step(m)
+        self._wake.set()
+
+    # ---------------------------------------------------------------- the leader's writes
+
+    async def commit_batch(self, rows: list[tuple[int, bytes, bytes, bytes]], old_size: int,
+                           new_size: int) -> bytes:
+        """Replicate one sequenced batch; return the cosigned checkpoint that publishes it."""
+        if self.failed is not None:
+            raise UnavailableError("the replica has stopped after a storage failure")
+        if self._dirty:
+            self._wake.set()
+            raise UnavailableError("the node is reloading its ledger; retry")
+        payload = encode_batch([r[3] for r in rows])
+        try:
+            entry = self.raft.propose(payload)
+        except NotLeaderError as exc:
+            self._dirty = True  # the sequencer admitted these rows into memory only
+            raise UnavailableError(f"not the leader (leader: {exc.leader_hint or 'unknown'}); "
+                                   "retry: writes are idempotent") from None
+        self._proposed[entry.index] = rows
+        self._state_last = entry.index
+        self._cache_payload(entry.index, payload)
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiters[entry.index] = waiter
+        self._wake.set()
+        return await waiter
+
+    def _fail_waiters(self, which: Callable[[int], bool], reason: str) -> None:
+        for index in [i for i in self._waiters if which(i)]:
+            waiter = self._waiters.pop(index)
+            if not waiter.done():
+                waiter.set_exception(UnavailableError(reason))
+
+    # ---------------------------------------------------------------- the Ready loop
+
+    async def _ticker(self) -> None:
+        period = self.cluster.tick_ms / 1000
+        while True:
+            await asyncio.sleep(period)  # Raft's logical clock, not synchronisation
+            self.raft.tick()
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.raft.has_ready():
+                await self._process(self.raft.ready())
+            self._role_changes()
+            if self._dirty:
+                await self._reload()
+
+    def _role_changes(self) -> None:
+        leader = self.raft.role == "leader"
+        if leader and not self._was_leader:
+            log.info("became leader", extra={"term": self.raft.term})
+            if self._rt.state.size == 0 and self.cluster.genesis is not None:
+                asyncio.get_running_loop().create_task(self._submit_genesis())
+        if self._was_leader and not leader:
+            log.info("lost leadership", extra={"term": self.raft.term,
+                                               "leader": self.raft.leader_id})
+            self._dirty = True
+            self._fail_waiters(lambda i: True, "leadership changed while this write was "
+                               "being replicated; it may be committed: resubmit it (writes are "
+                               "idempotent)")
+        self._was_leader = leader
+
+    async def _submit_genesis(self) -> None:
+        from ledger.signed import SignedEvent
+
+        assert self.cluster.genesis is not None
+        try:
+            genesis = SignedEvent.decode(self.cluster.genesis)
+            (future,) = self._rt.sequencer.submit([(genesis, False)])
+            outcome = await future
+            log.info("genesis", extra={"outcome": repr(outcome)})
+        except Exception as exc:  # a later leader tries again
+            log.warning("genesis not written", extra={"error": str(exc)})
+
+    async def _process(self, rd: Ready) -> None:
+        storage = self._storage
+        if rd.truncate_after is not None and rd.truncate_after < self._state_last:
+            keeps = self._ends.get(rd.truncate_after, 0)
+            if rd.truncate_after < self.raft.commit_index or keeps < self.cosigner.cosigned_size:
+                raise RuntimeError(f"asked to truncate committed or cosigned entries "
+                                   f"(after Raft entry {rd.truncate_after}, ledger size {keeps})")
+            if rd.truncate_after < self._persisted_last:
+                await storage.persist(hard_state=None, truncate_after=rd.truncate_after,
+                                      rows=[], entries=[])
+                self._persisted_last = rd.truncate_after
+            for index in [i for i in self._ends if i > rd.truncate_after]:
+                del self._ends[index]
+                self._payloads.pop(index, None)
+                self._proposed.pop(index, None)
+            self._fail_waiters(lambda i: i > rd.truncate_after,  # type: ignore[operator]
+                               "the write was overwritten by a new leader; resubmit it")
+            self._dirty = True
+        if self._dirty:
+            await self._reload()
+        rows: list[RaftRow] = []
+        ledger_rows: list[tuple[int, bytes, bytes, bytes]] = []
+        refused: int | None = None
+        size = self._ends.get(rd.entries[0].index - 1, 0) if rd.entries else 0
+        for entry in rd.entries:
+            if entry.kind == EntryKind.BATCH:
+                own = self._proposed.pop(entry.index, None)
+                batch = own if own is not None else await self._admit(entry)
+                if batch is None:
+                    refused = entry.index
+                    break
+                rows.append(RaftRow(entry.index, entry.term, entry.kind, batch[0][0],
+                                    batch[-1][0] + 1, None))
+                ledger_rows.extend(batch)
+                size = batch[-1][0] + 1
+            else:
+                rows.append(RaftRow(entry.index, entry.term, entry.kind, size, size,
+                                    entry.data or b""))
+            self._ends[entry.index] = size
+            self._state_last = entry.index
+        hard = None if rd.hard_state is None else (rd.hard_state.term,
+                                                   rd.hard_state.voted_for)
+        if hard is not None or rows:
+            await storage.persist(hard_state=hard, truncate_after=None, rows=rows,
+                                  entries=ledger_rows)
+        if rows:
+            self._persisted_last = rows[-1].index
+        for message in rd.messages:
+            link = self.links.get(message.dst)
+            if link is not None:
+                link.send(message)
+        self.raft.advance(rd, refused_from=refused)
+        if rd.newly_committed is not None:
+            committed = self._ends.get(min(rd.commit_index, self._persisted_last))
+            if committed is not None and committed > self.committed_size:
+                self.committed_size = committed
+                self._publish.set()
+        self._wake.set()
+
+    async def _admit(self, entry: Entry) -> list[tuple[int, bytes, bytes, bytes]] | None:
+        """Check a leader's batch as an auditor would; its rows, or None to refuse it."""
+        state, tree, verifier = self._rt.state, self._rt.tree, self._rt.verifier
+        try:
+            raws = msgpack.unpackb(entry.data or b"", raw=False, max_bin_len=1 << 16,
+                                   max_array_len=MAX_BATCH_ENTRIES)
+            if not isinstance(raws, list) or not raws or not all(
+                    isinstance(r, bytes) for r in raws):
+                raise ValueError("a batch is a non-empty array of entries")
+            entries = [LogEntry.decode(r) for r in raws]
+        except (ValueError, LedgerError, msgpack.ExtraData) as exc:
+            log.warning("refused a batch", extra={"raft_index": entry.index,
+                                                  "error": str(exc)})
+            return None
+        signed = [(i, e.signed) for i, e in enumerate(entries)
+                  if not isinstance(e.signed.body, StatusRoot)]
+        verdicts = await verifier.verify(state, [s for _, s in signed])
+        checked = {i for (i, _), v in zip(signed, verdicts, strict=True) if v is True}
+        if any(isinstance(v, RejectedError) for v in verdicts):
+            log.warning("refused a batch: bad signature", extra={"raft_index": entry.index})
+            return None
+        rows = []
+        try:
+            for i, (raw, e) in enumerate(zip(raws, entries, strict=True)):
+                state.replay(e, verify_signatures=i not in checked)
+                tree.append(e.leaf_hash)
+                rows.append((e.index, e.signed.id, e.leaf_hash, raw))
+        except LedgerError as exc:
+            log.warning("refused a batch", extra={"raft_index": entry.index,
+                                                  "error": str(exc)})
+            self._dirty = True  # memory holds part of it
+            return None
+        return rows
+
+    async def _reload(self) -> None:
+        """Rebuild the ledger in memory from what is durable (after a truncation)."""
+        state, tree, _ = await recover(self._storage, self._open_note, uncommitted_tail=True)
+        self._rt.state, self._rt.tree = state, tree
+        self._rt.sequencer.reset(state, tree)
+        self._state_last = self._persisted_last
+        self._proposed.clear()
+        self._dirty = False
+        log.info("reloaded the ledger from disk", extra={"size": state.size})
+
+    def _open_note(self, note: bytes) -> Checkpoint:
+        return open_checkpoint(note, self._log_verifier)[0]
+
+    # ---------------------------------------------------------------- payloads
+
+    def _cache_payload(self, index: int, payload: bytes) -> None:
+        self._payloads[index] = payload
+        if len(self._payloads) > _PAYLOAD_CACHE:
+            del self._payloads[next(iter(self._payloads))]
+
+    async def _load_payloads(self, indexes: list[int]) -> dict[int, bytes]:
+        out = {i: self._payloads[i] for i in indexes if i in self._payloads}
+        todo = sorted(set(indexes) - set(out))
+        if todo:
+            for row in await self._storage.raft_range(todo[0], todo[-1] + 1):
+                if row.index in todo and row.kind == EntryKind.BATCH:
+                    out[row.index] = encode_batch(
+                        await self._storage.entry_data(row.first, row.end))
+        return out
+
+    # ---------------------------------------------------------------- publishing
+
+    async def _publisher(self) -> None:
+        while True:
+            await self._publish.wait()
+            self._publish.clear()
+            size = self.committed_size
+            if size <= self.published_size:
+                continue
+            tree = self._rt.tree
+            tiles = [(t.level, t.index, t.hashes)
+                     for t in touched_tiles(tree, self.published_size, size)]
+            if self.is_leader:
+                note = sign_checkpoint(Checkpoint(self._rt.origin, size, tree.root(size)),
+                                       self._log_signer)
+                note = await self.cosigner.gather(note, self.links)
+                await self._storage.store_published(tiles, (size, note))
+                self._rt.sequencer.published(size, note)
+            else:
+                await self._storage.store_published(tiles, None)
+            self.published_size = size
+            for index in [i for i in self._waiters if self._ends.get(i, size + 1) <= size]:
+                waiter = self._waiters.pop(index)
+                if not waiter.done():
+                    waiter.set_result(self._rt.sequencer.checkpoint)
+
+    async def _recosigner(self) -> None:
+        """Re-cosign the latest checkpoint now and then: cosignature times show freshness."""
+        period = self.cluster.recosign_ms / 1000
+        while True:
+            await asyncio.sleep(period * (0.9 + 0.2 * random.random()))  # a timer
+            if not self.is_leader or self.published_size == 0:
+                continue
+            if self.published_size < self.committed_size:
+                continue  # the publisher is about to cosign a newer one
+            try:
+                note = await self.cosigner.gather(self._rt.sequencer.checkpoint, self.links,
+                                                  wait_all=True, timeout=period)
+                self._rt.sequencer.published(self.published_size, note)
+            except Exception as exc:
+                log.warning("re-cosigning failed", extra={"error": str(exc)})
+
+
+def restore_raft(member: str, cluster: ClusterConfig, hard: tuple[int, str | None],
+                 rows: list[RaftRow]) -> tuple[RaftNode, dict[int, int]]:
+    from ledger.raft.membership import Membership
+
+    log_view = RaftLog.restore(((r.index, r.term) for r in rows),
+                               (Entry(r.index, r.term, EntryKind(r.kind), r.data or b"")
+                                for r in rows if r.kind == EntryKind.CONFIG))
+    raft = RaftNode(member, membership=Membership(frozenset(m.id for m in cluster.members)),
+                    hard_state=HardState(hard[0], hard[1]), log=log_view,
+                    rng=random.Random(time.time_ns() ^ hash(member)),
+                    election_ticks=cluster.election_ticks,
+                    heartbeat_ticks=cluster.heartbeat_ticks)
+    return raft, {r.index: r.end for r in rows}

@@ -1,0 +1,134 @@
+"""A cluster member's durable Raft state, beside the ledger's entries in the same database.
+
+A Raft entry is a batch of ledger entries: the `raft_log` row keeps its term and the
+range of ledger indexes it holds, and the ledger entries themselves live once, in
+`entries`. A Raft entry is durable (and may be acknowledged to the leader) once its row
+and its ledger entries are committed in one SQLite transaction; truncating a conflicting
+suffix deletes both. Tiles and checkpoints are written only for committed entries, so
+they are never truncated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import msgpack
+
+from node.storage import Storage, StorageError
+
+_RAFT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS raft_log (
+    ridx INTEGER PRIMARY KEY,
+    term INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    first INTEGER NOT NULL,  -- ledger index range [first, end) of a batch; end = first otherwise
+    end INTEGER NOT NULL,
+    data BLOB                -- a configuration's bytes; NULL for batches (their entries hold it)
+);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class RaftRow:
+    index: int
+    term: int
+    kind: int
+    first: int
+    end: int
+    data: bytes | None
+
+
+def encode_batch(entries: Sequence[bytes]) -> bytes:
+    """A Raft batch payload: the ledger entries' bytes, in order."""
+    return msgpack.packb(list(entries), use_bin_type=True)
+
+
+class ReplicaStorage(Storage):
+    async def open_raft(self) -> None:
+        await self._db.executescript(_RAFT_SCHEMA)
+
+    async def hard_state(self) -> tuple[int, str | None]:
+        term = await self.get_meta("raft_term")
+        vote = await self.get_meta("raft_vote")
+        return (int(term) if term else 0), (vote.decode() if vote else None)
+
+    async def raft_rows(self) -> list[RaftRow]:
+        rows = await self._db.execute_fetchall(
+            "SELECT ridx, term, kind, first, end, data FROM raft_log ORDER BY ridx")
+        out = [RaftRow(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]),
+                       None if r[5] is None else bytes(r[5])) for r in rows]
+        for n, row in enumerate(out, 1):
+            if row.index != n:
+                raise StorageError(f"raft entry {n} is missing (found {row.index})")
+        return out
+
+    async def persist(
+        self,
+        *,
+        hard_state: tuple[int, str | None] | None,
+        truncate_after: int | None,
+        rows: Sequence[RaftRow],
+        entries: Sequence[tuple[int, bytes, bytes, bytes]],
+    ) -> None:
+        """One durable step of the Raft log: vote, truncation, new entries, atomically."""
+        db = self._db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            if hard_state is not None:
+                term, vote = hard_state
+                await db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                 ("raft_term", str(term).encode()))
+                if vote is None:
+                    await db.execute("DELETE FROM meta WHERE key='raft_vote'")
+                else:
+                    await db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                     ("raft_vote", vote.encode()))
+            if truncate_after is not None:
+                cursor = await db.execute("SELECT MIN(first) FROM raft_log WHERE ridx > ?",
+                                          (truncate_after,))
+                first = (await cursor.fetchone())
+                if first is not None and first[0] is not None:
+                    await db.execute("DELETE FROM entries WHERE idx >= ?", (int(first[0]),))
+                await db.execute("DELETE FROM raft_log WHERE ridx > ?", (truncate_after,))
+            if rows:
+                await db.executemany(
+                    "INSERT INTO raft_log(ridx, term, kind, first, end, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(r.index, r.term, r.kind, r.first, r.end, r.data) for r in rows])
+            if entries:
+                await db.executemany(
+                    "INSERT INTO entries(idx, event_id, leaf, data) VALUES (?, ?, ?, ?)",
+                    entries)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def raft_range(self, lo: int, hi: int) -> list[RaftRow]:
+        """Raft rows with lo <= index < hi."""
+        rows = await self._db.execute_fetchall(
+            "SELECT ridx, term, kind, first, end, data FROM raft_log "
+            "WHERE ridx >= ? AND ridx < ? ORDER BY ridx", (lo, hi))
+        return [RaftRow(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]),
+                        None if r[5] is None else bytes(r[5])) for r in rows]
+
+    async def store_published(self, tiles: Sequence[tuple[int, int, bytes]],
+                              checkpoint: tuple[int, bytes] | None) -> None:
+        """Tiles of newly committed entries and (on the leader) the checkpoint for them."""
+        db = self._db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.executemany(
+                "INSERT OR REPLACE INTO tiles(level, idx, hashes) VALUES (?, ?, ?)", tiles)
+            if checkpoint is not None:
+                await db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
+                                 checkpoint)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def store_checkpoint(self, size: int, note: bytes) -> None:
+        await self._db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
+                               (size, note))
