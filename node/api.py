@@ -17,15 +17,14 @@ from ledger.errors import DecodeError, RejectedError
 from ledger.signed import SignedEvent
 from ledger.smt import map_key
 from ledger.status import ConsentStatus
-from ledger.tiles import TILE_WIDTH, encode_entry_bundle, parse_tile_path, tile_width
 from node.problems import ProblemResponse, problem_of, raise_problem
+from node.read_api import checkpoint_response, tile_response
 from node.runtime import RUNTIME, NodeRuntime
 from node.sequencer import Accepted, OverloadedError, UnavailableError
 
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack",
                            "application/vnd.msgpack"})
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
-IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 def b64(data: bytes) -> str:
@@ -109,32 +108,33 @@ async def _read_events(request: web.Request, rt: NodeRuntime) -> tuple[list[Sign
 # ---------------------------------------------------------------- tlog-tiles reads
 
 
+class _ServedByNode:
+    """The node's committed log, as node/read_api.py serves it."""
+
+    def __init__(self, rt: NodeRuntime) -> None:
+        self._rt = rt
+
+    @property
+    def served_size(self) -> int:
+        return self._rt.sequencer.committed_size
+
+    @property
+    def served_checkpoint(self) -> bytes:
+        return self._rt.sequencer.checkpoint
+
+    def tile_hashes(self, level: int, index: int, width: int) -> bytes:
+        return self._rt.tree.tile_hashes(level, index, width)
+
+    async def entry_data(self, start: int, end: int) -> list[bytes]:
+        return await self._rt.storage.entry_data(start, end)
+
+
 async def get_checkpoint(request: web.Request) -> web.Response:
-    rt = _runtime(request)
-    return web.Response(body=rt.sequencer.checkpoint, content_type="text/plain",
-                        charset="utf-8", headers={"Cache-Control": "no-cache"})
+    return await checkpoint_response(_ServedByNode(_runtime(request)))
 
 
 async def get_tile(request: web.Request) -> web.Response:
-    rt = _runtime(request)
-    path = request.match_info["path"]
-    try:
-        tile = parse_tile_path("tile/" + path)
-    except DecodeError as exc:
-        raise_problem("not-found", f"not a tile path: {exc}")
-    size = rt.sequencer.committed_size
-    if tile.width > tile_width(tile.level, tile.index, size):
-        raise_problem("not-found", f"tile {path} is beyond the log's size {size}")
-    if tile.level == "entries":
-        start = tile.index * TILE_WIDTH
-        body = encode_entry_bundle(await rt.storage.entry_data(start, start + tile.width))
-    else:
-        assert isinstance(tile.level, int)
-        body = rt.tree.tile_hashes(tile.level, tile.index, tile.width)
-    # A tile's first W hashes (or entries) never change, so partial tiles are as
-    # cacheable as full ones: a client asks for the width its checkpoint implies.
-    return web.Response(body=body, content_type="application/octet-stream",
-                        headers={"Cache-Control": IMMUTABLE})
+    return await tile_response(_ServedByNode(_runtime(request)), request.match_info["path"])
 
 
 # ---------------------------------------------------------------- JSON lookups and proofs
