@@ -27,6 +27,7 @@ from cliutil import ROOT, cli, one_line_error
 from nodeproc import NodeProcess
 
 from ledger.entry import LogEntry
+from ledger.events import StatusRoot
 from ledger.tiles import encode_entry_bundle, parse_entry_bundle
 
 ORIGIN = "audit.test/log"
@@ -275,6 +276,26 @@ def test_a_tampered_entry_is_named_with_its_reason(log: Log, tmp_path: Path) -> 
     assert audit(log.url, tmp_path).returncode == 0
 
 
+def test_a_false_status_root_is_named(log: Log, tmp_path: Path) -> None:
+    changed: list[int] = []
+
+    def lie(bundle: bytes) -> bytes:
+        entries = parse_entry_bundle(bundle)
+        for i, raw in enumerate(entries):
+            body = LogEntry.decode(raw).signed.body
+            if isinstance(body, StatusRoot):
+                entries[i] = raw.replace(body.map_root, bytes(32))
+                changed.append(i)
+                return encode_entry_bundle(entries)
+        raise AssertionError("no status root in the first bundle")
+
+    with Proxy(log.url, rewrite={"tile/entries/000": lie}) as liar:
+        err = one_line_error(audit(liar.url, tmp_path), 1)
+    (index,) = changed
+    assert f"entry {index}:" in err and "status root" in err
+    assert report(tmp_path)["failure"]["code"] == "bad-status-root"  # type: ignore[index]
+
+
 def test_a_tampered_hash_tile_is_named(log: Log, tmp_path: Path) -> None:
     def lie(tile: bytes) -> bytes:
         return tile[:5 * 32] + bytes(32) + tile[6 * 32:]
@@ -334,3 +355,43 @@ def test_a_log_that_forks_after_an_audit_is_reported(log: Log, fork: NodeProcess
     err = one_line_error(audit(fork.url, tmp_path), 1)
     assert "does not extend the one audited before" in err
     assert report(tmp_path)["failure"]["code"] == "fork"  # type: ignore[index]
+
+
+def test_a_mirror_ahead_of_the_log_is_checked_with_its_own_entries(
+        log: Log, tmp_path: Path) -> None:
+    old = log.old_checkpoint
+    with Proxy(log.url, rewrite={"checkpoint": lambda _: old}) as lagging:
+        result = audit(lagging.url, tmp_path, "--mirror", log.url)
+    assert result.returncode == 0, result.stderr
+    r = report(tmp_path)
+    mirror = r["sources"][1]  # type: ignore[index]
+    assert mirror["verdict"] == "consistent" and mirror["size"] > r["checkpoint"]["size"]  # type: ignore[index]
+
+
+# ---------------------------------------------------------------- trust
+
+
+def _log_vkey(log: Log) -> str:
+    keys = subprocess.run(
+        [sys.executable, "-c", "import sys,urllib.request;sys.stdout.buffer.write("
+         f"urllib.request.urlopen('{log.url}/v1/keys').read())"],
+        capture_output=True, check=True).stdout
+    vkey = json.loads(keys)["log"]
+    assert isinstance(vkey, str)
+    return vkey
+
+
+def test_a_policy_or_a_pinned_key_decides_which_checkpoints_count(
+        log: Log, tmp_path: Path) -> None:
+    policy = tmp_path / "trust.policy"
+    policy.write_text(f"log {_log_vkey(log)}\nquorum none\n")
+    result = audit(log.url, tmp_path, "--policy", str(policy))
+    assert result.returncode == 0, result.stderr
+    assert report(tmp_path)["log_key"] == f"policy {policy}"
+    # Another key of the same name: the log's checkpoint is not signed by it.
+    other = subprocess.run(
+        [sys.executable, "-c", "from ledger.note import generate_key;"
+         f"print(generate_key({ORIGIN!r})[1])"], cwd=ROOT, capture_output=True, text=True,
+        check=True).stdout.strip()
+    err = one_line_error(audit(log.url, tmp_path, "--log-key", other), 1)
+    assert "the log's checkpoint" in err and "does not verify" in err
