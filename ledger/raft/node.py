@@ -322,6 +322,14 @@ class RaftNode:
             since = self._truncated_since_ready
             self._truncated_since_ready = after if since is None else min(since, after)
         self._durable = min(self._durable, after)
+        # Acknowledgements of entries that are now gone must not be sent (they would be
+        # released once the Ready that held those entries is advanced).
+        self._waiting = [(need, m) for need, m in self._waiting
+                         if not (isinstance(m, AppendReply) and m.success
+                                 and m.match_index > after)]
+        self._outbox = [m for m in self._outbox
+                        if not (isinstance(m, AppendReply) and m.success
+                                and m.match_index > after)]
         self._apply_membership()
 
     def _refuse(self, index: int) -> None:
@@ -333,12 +341,6 @@ class RaftNode:
             # A leader's log only grows; one whose own entry is refused stops leading.
             self._become_follower(self._term, None)
             return
-        self._waiting = [(need, m) for need, m in self._waiting
-                         if not (isinstance(m, AppendReply) and m.success
-                                 and m.match_index >= index)]
-        self._outbox = [m for m in self._outbox
-                        if not (isinstance(m, AppendReply) and m.success
-                                and m.match_index >= index)]
         leader = self._leader_id
         if leader is not None:
             # A leader that sends invalid content is no longer trusted as a heartbeat
@@ -360,7 +362,7 @@ class RaftNode:
             return
         self._membership = membership
         if self._role == LEADER:
-            for voter in membership.voters:
+            for voter in sorted(membership.voters):  # sorted: deterministic send order
                 if voter != self._id and voter not in self._progress:
                     self._progress[voter] = _Progress(self._log.last_index + 1)
             for peer in list(self._progress):
@@ -385,6 +387,10 @@ class RaftNode:
                                   else self._election_lo)
 
     def _become_follower(self, term: int, leader: str | None) -> None:
+        if self._role == LEADER:
+            # Unsent AppendEntries may name entries that a new leader will truncate
+            # before the I/O layer could attach their payloads; they are stale anyway.
+            self._outbox = [m for m in self._outbox if not isinstance(m, AppendEntries)]
         if term > self._term:
             self._term = term
             self._voted_for = None
@@ -432,7 +438,8 @@ class RaftNode:
         self._election_elapsed = 0
         self._transfer_to = None
         nxt = self._log.last_index + 1
-        self._progress = {v: _Progress(nxt) for v in self._membership.voters if v != self._id}
+        self._progress = {v: _Progress(nxt) for v in sorted(self._membership.voters)
+                          if v != self._id}
         self._append_local(Entry(nxt, self._term, EntryKind.NOOP, b""))
         self._broadcast_append()
         self._maybe_commit()
@@ -580,11 +587,13 @@ class RaftNode:
     def _on_append(self, msg: AppendEntries) -> None:
         if self._role == LEADER:
             return  # cannot happen: one leader per term
-        distrusted = self._distrusted == (self._term, msg.src)
-        if not distrusted:
-            if self._role != FOLLOWER:
-                self._become_follower(self._term, msg.src)
-            self._election_elapsed = 0
+        if self._distrusted == (self._term, msg.src):
+            # It sent content our verifier refused: ignore it for the rest of its term, so
+            # that the honest members elect another leader (and check-quorum unseats it).
+            return
+        if self._role != FOLLOWER:
+            self._become_follower(self._term, msg.src)
+        self._election_elapsed = 0
         self._leader_id = msg.src
         log = self._log
         if log.term_at(msg.prev_index) != msg.prev_term:
@@ -637,8 +646,10 @@ class RaftNode:
         log = self._log
         up_to_date = (msg.last_term, msg.last_index) >= (log.last_term, log.last_index)
         if msg.pre_vote:
+            # Pre-vote does not disrupt: refuse while a trusted leader was heard lately.
             in_lease = self._role == LEADER or (
-                self._leader_id is not None
+                self._role == FOLLOWER and self._leader_id is not None
+                and self._distrusted != (self._term, self._leader_id)
                 and self._election_elapsed < self._election_lo)
             granted = msg.term > self._term and up_to_date and not in_lease
             self._send(VoteReply(msg.term if granted else self._term, self._id, msg.src,

@@ -69,7 +69,7 @@ def _to_wire(m: Message) -> list[Any]:
 
 def decode_messages(data: bytes, *, max_size: int = MAX_FRAME) -> list[Message]:
     value = unpack(data, max_size=max_size)
-    if type(value) is not list:
+    if type(value) is not list or (value and type(value[0]) is tuple):  # tuples: a map
         raise FieldTypeError("expected an array of messages")
     messages = [_message(item, f"[{i}]") for i, item in enumerate(value)]
     if pack([_to_wire(m) for m in messages]) != bytes(data):

@@ -1,0 +1,360 @@
+"""Targeted tests of the Raft core: each drives RaftNode objects by hand, persisting
+every Ready the way the I/O layer does, and checks one rule of the protocol."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ledger.raft import (
+    AppendEntries,
+    AppendReply,
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    MembershipChangeError,
+    Message,
+    NotLeaderError,
+    RaftLog,
+    RaftNode,
+    Ready,
+    RequestVote,
+    VoteReply,
+)
+
+ABC = Membership.of("a", "b", "c")
+
+
+def node(node_id: str = "a", *, membership: Membership = ABC, term: int = 0,
+         voted_for: str | None = None, log: list[tuple[int, int]] | None = None) -> RaftNode:
+    return RaftNode(node_id, membership=membership, hard_state=HardState(term, voted_for),
+                    log=RaftLog.restore(log or [], []), rng=random.Random(1))
+
+
+def flush(n: RaftNode, *, refused_from: int | None = None) -> list[Ready]:
+    """Persist and advance every Ready (as an I/O layer would); return them."""
+    readies = []
+    while n.has_ready():
+        r = n.ready()
+        n.advance(r, refused_from=refused_from if r.entries else None)
+        readies.append(r)
+    return readies
+
+
+def sent(readies: list[Ready]) -> list[Message]:
+    return [m for r in readies for m in r.messages]
+
+
+def elapse(n: RaftNode, ticks: int) -> None:
+    for _ in range(ticks):
+        n.tick()
+
+
+def make_leader(n: RaftNode) -> None:
+    """Drive n through pre-vote and vote to leadership with the other voters' help."""
+    elapse(n, 25)
+    for m in sent(flush(n)):
+        assert isinstance(m, RequestVote) and m.pre_vote
+        n.step(VoteReply(m.term, m.dst, m.src, granted=True, pre_vote=True))
+    for m in sent(flush(n)):
+        if isinstance(m, RequestVote) and not m.pre_vote:
+            n.step(VoteReply(m.term, m.dst, m.src, granted=True, pre_vote=False))
+    assert n.role == "leader"
+
+
+def append(term: int, src: str, prev: tuple[int, int], entries: list[Entry],
+           commit: int = 0, dst: str = "a") -> AppendEntries:
+    return AppendEntries(term, src, dst, prev[0], prev[1], tuple(entries), commit)
+
+
+def noop(index: int, term: int) -> Entry:
+    return Entry(index, term, EntryKind.NOOP, b"")
+
+
+def batch(index: int, term: int, data: bytes = b"x") -> Entry:
+    return Entry(index, term, EntryKind.BATCH, data)
+
+
+# ---------------------------------------------------------------- elections
+
+
+def test_a_follower_pre_votes_then_campaigns_and_leads_with_a_noop() -> None:
+    n = node()
+    make_leader(n)
+    assert n.term == 1 and n.leader_id == "a" and n.last_index == 1
+    r = flush(n)
+    appends = [m for m in sent(r) if isinstance(m, AppendEntries)]
+    assert {m.dst for m in appends} == {"b", "c"}
+    assert appends[0].entries[0].kind is EntryKind.NOOP
+
+
+def test_pre_vote_does_not_move_terms_and_fails_without_a_majority() -> None:
+    n = node()
+    elapse(n, 25)
+    assert n.role == "pre-candidate" and n.term == 0
+    votes = [m for m in sent(flush(n)) if isinstance(m, RequestVote)]
+    assert votes and all(v.pre_vote and v.term == 1 for v in votes)
+    n.step(VoteReply(0, "b", "a", granted=False, pre_vote=True))
+    assert n.role == "pre-candidate" and n.term == 0
+
+
+def test_a_follower_hearing_its_leader_refuses_pre_votes() -> None:
+    n = node("b", term=1)
+    n.step(append(1, "a", (0, 0), [noop(1, 1)], dst="b"))
+    n.step(RequestVote(2, "c", "b", 5, 1, pre_vote=True))
+    reply = [m for m in sent(flush(n)) if isinstance(m, VoteReply)]
+    assert reply == [VoteReply(1, "b", "c", granted=False, pre_vote=True)]
+    assert n.term == 1 and n.leader_id == "a"
+
+
+def test_votes_go_only_to_up_to_date_candidates_and_once_per_term() -> None:
+    n = node("b", log=[(1, 1), (2, 2)])
+    n.step(RequestVote(3, "a", "b", last_index=5, last_term=1, pre_vote=False))  # older log
+    n.step(RequestVote(3, "c", "b", last_index=2, last_term=2, pre_vote=False))
+    n.step(RequestVote(3, "a", "b", last_index=9, last_term=3, pre_vote=False))  # already voted
+    replies = [m for m in sent(flush(n)) if isinstance(m, VoteReply)]
+    assert {(m.dst, m.granted) for m in replies} == {("a", False), ("c", True)}
+    assert n.term == 3
+
+
+def test_stale_terms_are_answered_with_the_current_term() -> None:
+    n = node("b", term=5)
+    n.step(append(3, "a", (0, 0), [noop(1, 3)], dst="b"))
+    n.step(RequestVote(4, "c", "b", 9, 4, pre_vote=False))
+    replies = sent(flush(n))
+    assert AppendReply(5, "b", "a", False, 0, 0, False) in replies
+    assert VoteReply(5, "b", "c", granted=False, pre_vote=False) in replies
+    assert n.last_index == 0 and n.term == 5
+
+
+def test_a_leader_steps_down_on_a_higher_term() -> None:
+    n = node()
+    make_leader(n)
+    n.step(AppendReply(7, "b", "a", False, 0, 1, False))
+    assert n.role == "follower" and n.term == 7
+
+
+def test_check_quorum_makes_a_cut_off_leader_step_down() -> None:
+    n = node()
+    make_leader(n)
+    flush(n)
+    elapse(n, 20)  # nobody answers
+    assert n.role == "follower" and n.leader_id is None
+
+
+def test_a_leader_that_hears_from_a_majority_stays() -> None:
+    n = node()
+    make_leader(n)
+    for _ in range(5):
+        for m in sent(flush(n)):
+            if isinstance(m, AppendEntries) and m.dst == "b":
+                n.step(AppendReply(m.term, "b", "a", True, m.prev_index + len(m.entries), 0,
+                                   False))
+        elapse(n, 5)
+    assert n.role == "leader"
+
+
+# ---------------------------------------------------------------- log replication
+
+
+def test_a_conflicting_suffix_is_replaced_and_persisted_truncation_comes_first() -> None:
+    n = node("b", log=[(1, 1), (2, 1), (3, 1)])
+    n.step(append(2, "a", (1, 1), [noop(2, 2), batch(3, 2, b"new")], commit=0, dst="b"))
+    r = n.ready()
+    assert r.truncate_after == 1 and [e.index for e in r.entries] == [2, 3]
+    assert n.log.term_at(3) == 2 and n.leader_id == "a"
+
+
+def test_a_mismatch_is_rejected_with_a_hint_that_skips_the_term() -> None:
+    n = node("b", term=3, log=[(1, 1), (2, 2), (3, 2), (4, 2)])
+    n.step(append(3, "a", (4, 3), [], dst="b"))
+    n.step(append(3, "a", (9, 3), [], dst="b"))
+    replies = [m for m in sent(flush(n)) if isinstance(m, AppendReply)]
+    assert [(m.success, m.match_index, m.hint_index) for m in replies] == [
+        (False, 4, 2), (False, 9, 5)]
+
+
+def test_a_success_reply_waits_for_the_advance_that_persisted_the_entries() -> None:
+    n = node("b", term=1)
+    n.step(append(1, "a", (0, 0), [noop(1, 1), batch(2, 1)], dst="b"))
+    first = n.ready()
+    assert first.entries and not any(isinstance(m, AppendReply) for m in first.messages)
+    # More traffic before the advance must not release the reply either.
+    n.step(append(1, "a", (2, 1), [], commit=0, dst="b"))
+    assert not n.has_ready()  # the Ready in flight must be advanced first
+    n.advance(first)
+    second = n.ready()
+    replies = [m for m in second.messages if isinstance(m, AppendReply)]
+    assert replies and all(m.success and m.match_index == 2 for m in replies)
+
+
+def test_a_granted_vote_waits_for_the_persisted_hard_state() -> None:
+    n = node("b")
+    n.step(RequestVote(1, "a", "b", 0, 0, pre_vote=False))
+    r = n.ready()
+    assert r.hard_state == HardState(1, "a") and not r.messages
+    n.advance(r)
+    assert n.ready().messages == (VoteReply(1, "b", "a", granted=True, pre_vote=False),)
+
+
+def test_commit_reaches_a_follower_only_for_persisted_entries() -> None:
+    n = node("b", term=1)
+    n.step(append(1, "a", (0, 0), [noop(1, 1), batch(2, 1)], commit=2, dst="b"))
+    r = n.ready()
+    assert r.commit_index == 0  # not yet on disk here
+    n.advance(r)
+    r = n.ready()
+    assert r.commit_index == 2 and r.newly_committed == (0, 2)
+
+
+def _leader_with_old_entries() -> RaftNode:
+    """a leads term 3 with entries of term 1 that were never committed."""
+    n = node("a", term=2, log=[(1, 1), (2, 1)])
+    make_leader(n)
+    assert n.term == 3 and n.last_index == 3
+    flush(n)
+    return n
+
+
+def test_earlier_term_entries_commit_only_through_a_current_term_entry() -> None:
+    n = _leader_with_old_entries()
+    n.step(AppendReply(3, "b", "a", True, 2, 0, False))  # b has the old entries only
+    assert n.commit_index == 0
+    n.step(AppendReply(3, "b", "a", True, 3, 0, False))  # and now this term's NOOP
+    assert n.commit_index == 3
+
+
+def test_propose_sends_at_once_and_pipelines_without_waiting() -> None:
+    n = _leader_with_old_entries()
+    n.step(AppendReply(3, "b", "a", True, 3, 0, False))  # b replicates
+    flush(n)
+    for i in range(3):
+        n.propose(b"p%d" % i)
+    appends = [m for m in sent(flush(n)) if isinstance(m, AppendEntries) and m.dst == "b"]
+    assert [m.prev_index for m in appends] == [3, 4, 5]
+    assert all(e.data is None for m in appends for e in m.entries)  # payloads attached by I/O
+
+
+def test_propose_on_a_follower_names_the_leader() -> None:
+    n = node("b", term=1)
+    n.step(append(1, "a", (0, 0), [noop(1, 1)], dst="b"))
+    with pytest.raises(NotLeaderError) as err:
+        n.propose(b"x")
+    assert err.value.leader_hint == "a"
+
+
+# ---------------------------------------------------------------- refused entries
+
+
+def test_a_refused_entry_is_dropped_and_answered_with_refused() -> None:
+    n = node("b", term=1)
+    n.step(append(1, "a", (0, 0), [noop(1, 1), batch(2, 1, b"BAD"), batch(3, 1)], commit=3,
+                  dst="b"))
+    r = n.ready()
+    n.advance(r, refused_from=2)
+    assert n.last_index == 1
+    out = n.ready()
+    assert out.commit_index <= 1
+    assert [m for m in out.messages if isinstance(m, AppendReply)] == [
+        AppendReply(1, "b", "a", success=False, match_index=1, hint_index=2, refused=True)]
+
+
+def test_a_leader_does_not_count_a_refusal_and_retries_on_the_heartbeat() -> None:
+    n = _leader_with_old_entries()
+    n.step(AppendReply(3, "b", "a", True, 3, 0, False))
+    flush(n)
+    n.propose(b"BAD")
+    flush(n)
+    n.step(AppendReply(3, "b", "a", False, 3, 4, True))
+    assert n.commit_index == 3
+    n.propose(b"more")
+    assert not [m for m in sent(flush(n)) if getattr(m, "dst", "") == "b"]
+    elapse(n, 2)
+    retry = [m for m in sent(flush(n)) if isinstance(m, AppendEntries) and m.dst == "b"]
+    assert retry and retry[0].prev_index == 3
+
+
+def test_a_follower_stops_trusting_a_leader_whose_entry_it_refused() -> None:
+    n = node("b", term=1)
+    n.step(append(1, "a", (0, 0), [noop(1, 1), batch(2, 1, b"BAD")], dst="b"))
+    n.advance(n.ready(), refused_from=2)
+    for _ in range(30):  # the leader keeps sending heartbeats
+        n.step(append(1, "a", (1, 1), [], dst="b"))
+        n.tick()
+        flush(n)
+    assert n.role == "pre-candidate"
+
+
+# ---------------------------------------------------------------- membership
+
+
+def _committed_leader() -> RaftNode:
+    n = node()
+    make_leader(n)
+    flush(n)
+    n.step(AppendReply(1, "b", "a", True, 1, 0, False))
+    assert n.commit_index == 1
+    flush(n)
+    return n
+
+
+def test_a_voter_is_added_when_its_config_is_appended() -> None:
+    n = _committed_leader()
+    entry = n.propose_membership(Membership.of("a", "b", "c", "d"))
+    assert entry.kind is EntryKind.CONFIG and n.membership.voters == {"a", "b", "c", "d"}
+    appends = [m for m in sent(flush(n)) if isinstance(m, AppendEntries)]
+    assert "d" in {m.dst for m in appends}
+    n.step(AppendReply(1, "b", "a", True, 2, 0, False))
+    assert n.commit_index == 1  # 2 of 4 is not a majority
+    n.step(AppendReply(1, "c", "a", True, 2, 0, False))
+    assert n.commit_index == 2
+
+
+def test_membership_changes_are_one_voter_at_a_time_and_never_overlap() -> None:
+    n = node()
+    make_leader(n)
+    with pytest.raises(MembershipChangeError, match="committed an entry of its term"):
+        n.propose_membership(Membership.of("a", "b", "c", "d"))
+    flush(n)
+    n.step(AppendReply(1, "b", "a", True, 1, 0, False))
+    with pytest.raises(MembershipChangeError, match="one voter"):
+        n.propose_membership(Membership.of("a", "b", "d", "e"))
+    n.propose_membership(Membership.of("a", "b", "c", "d"))
+    with pytest.raises(MembershipChangeError, match="pending"):
+        n.propose_membership(Membership.of("a", "b", "c", "d", "e"))
+
+
+def test_a_removed_leader_steps_down_once_its_removal_commits() -> None:
+    n = _committed_leader()
+    n.propose_membership(Membership.of("b", "c"))
+    flush(n)
+    assert n.role == "leader"
+    n.step(AppendReply(1, "b", "a", True, 2, 0, False))
+    assert n.role == "leader"  # b alone is not a majority of {b, c}
+    n.step(AppendReply(1, "c", "a", True, 2, 0, False))
+    assert n.role == "follower" and n.commit_index == 2
+    assert any(type(m).__name__ == "TimeoutNow" for m in sent(flush(n)))
+    elapse(n, 50)
+    assert n.role == "follower"  # no longer a voter: it never campaigns
+
+
+def test_a_follower_takes_the_membership_of_the_config_it_appends() -> None:
+    n = node("d", membership=ABC)
+    elapse(n, 50)
+    assert n.role == "follower"  # not a voter, so no campaign
+    config = Entry(2, 1, EntryKind.CONFIG, Membership.of("a", "b", "c", "d").encode())
+    n.step(append(1, "a", (0, 0), [noop(1, 1), config], dst="d"))
+    assert "d" in n.membership.voters
+    n.step(append(2, "b", (1, 1), [noop(2, 2)], dst="d"))  # truncation undoes it
+    assert n.membership == ABC
+
+
+def test_malformed_entries_from_a_peer_are_ignored_without_raising() -> None:
+    n = node("b", term=1)
+    n.step(append(1, "a", (0, 0), [batch(1, 1)], dst="b"))  # a term must open with its NOOP
+    n.step(append(1, "a", (0, 0), [noop(1, 1), Entry(2, 1, EntryKind.CONFIG, b"junk")],
+                  dst="b"))
+    n.step(append(1, "a", (0, 0), [noop(1, 2)], dst="b"))  # entry above the message term
+    assert n.last_index == 0
