@@ -43,7 +43,7 @@ from client.errors import ClientError, NodeUnavailableError, ProblemError, Reply
 from client.http_session import SessionOwner
 from client.log_client import MAX_REPLY, _hashes, _json_or_text, _read_capped
 from client.policy import TrustedCheckpoint, TrustPolicy
-from client.status import StatusDecision, verify_status
+from client.status import StatusDecision, StatusRootCache, verify_status
 from client.trust_store import TrustStore, TrustStoreChanged
 from ledger.checkpoint import Checkpoint
 from ledger.status import ConsentStatus
@@ -121,6 +121,7 @@ class ConsentClient(SessionOwner):
         # the node's checkpoint has not grown, the store's file is not read again.
         self._trusted: dict[str, Checkpoint] = {}
         self._last: TrustedCheckpoint | None = None  # the last note the policy accepted
+        self._roots = StatusRootCache()
         self._advancing = asyncio.Lock()
 
     # ---------------------------------------------------------------- public API
@@ -157,7 +158,8 @@ class ConsentClient(SessionOwner):
             return trusted.checkpoint
 
         decision = verify_status(answer, controller=controller, subject=key[1],
-                                 purpose=purpose, open_checkpoint=opened, now_ms=now_ms)
+                                 purpose=purpose, open_checkpoint=opened, now_ms=now_ms,
+                                 roots=self._roots)
         if trusted.quorum_time is None:
             fresh_until = fetched_ms + self.max_age_s * 1000
         else:
