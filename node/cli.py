@@ -23,7 +23,7 @@ from node.config import ConfigError, NodeConfig, load_config
 from node.logs import setup_logging
 from node.storage import StorageError
 
-NODE_COMMANDS = ("node", "up", "cluster")
+NODE_COMMANDS = ("node", "up", "cluster", "mirror")
 
 
 def _node_flags(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from client.cli import main as client_main
 
         return client_main(argv)
+    if argv[0] == "mirror":
+        from node.mirror_app import mirror_main
+
+        return mirror_main(argv[1:])
     if argv[0] in ("cluster", "up"):
         from node.cluster_cli import cluster_main, up_main
 
