@@ -29,11 +29,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import time
 import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import aiohttp
@@ -255,8 +257,18 @@ def _verify_chunk(checks: Sequence[_Check]) -> list[bool]:
     return out
 
 
+def _ignore_ctrl_c() -> None:
+    # Ctrl-C reaches the whole process group; the audit itself handles it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _SignaturePool:
-    """Checks signatures ahead of the replay, one chunk per core.
+    """Checks signatures ahead of the replay, in worker processes, one chunk per core.
+
+    Processes, not threads: the replay keeps the main thread busy in Python, and a
+    verifying thread must win the GIL back after every signature, so threads end up
+    taking turns with the replay instead of running beside it. The first few hundred
+    checks run inline, so that a small log never pays for starting processes.
 
     The key a signature is checked against is looked up by its key id among every key
     the log has registered so far; the replay then confirms that this is the key the
@@ -265,15 +277,17 @@ class _SignaturePool:
     signature, which is checked once.
     """
 
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="audit-verify")
+    def __init__(self, workers: int, *, inline_checks: int = 512) -> None:
+        self.workers = workers
+        self._inline_left = inline_checks
+        self._pool: ProcessPoolExecutor | None = None
         self.keys: dict[bytes, bytes] = {}  # key id -> public key, as the log registered
         self._recent: dict[_Check, _Slot] = {}  # insertion-ordered: oldest first
         self.checked = 0
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def learn_keys(self, signed: SignedEvent) -> None:
         body = signed.body
@@ -304,13 +318,23 @@ class _SignaturePool:
             if check not in self._recent:
                 new[check] = None
         todo = list(new)
-        step = max(32, -(-len(todo) // self.threads))
+        self.checked += len(todo)
+        if len(todo) <= self._inline_left:
+            self._inline_left -= len(todo)
+            done: Future[list[bool]] = Future()
+            done.set_result(_verify_chunk(todo))
+            for j, check in enumerate(todo):
+                self._recent[check] = _Slot(done, j)
+            return checks
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                             initializer=_ignore_ctrl_c)
+        step = max(32, -(-len(todo) // self.workers))
         for i in range(0, len(todo), step):
             chunk = todo[i:i + step]
             job = self._pool.submit(_verify_chunk, chunk)
             for j, check in enumerate(chunk):
                 self._recent[check] = _Slot(job, j)
-        self.checked += len(todo)
         return checks
 
     def result(self, check: _Check) -> bool | None:
@@ -370,14 +394,15 @@ ProgressFn = Callable[[int, int, str], None]
 class Auditor:
     def __init__(self, log_url: str, *, open_log_checkpoint: CheckOpener,
                  log_verifier: Verifier, mirrors: Sequence[str] = (),
-                 store: AuditStore | None = None, threads: int | None = None,
-                 progress: ProgressFn | None = None) -> None:
+                 store: AuditStore | None = None, workers: int | None = None,
+                 inline_checks: int = 512, progress: ProgressFn | None = None) -> None:
         self.log_url = log_url.rstrip("/")
         self.mirrors = [m.rstrip("/") for m in mirrors]
         self._open_log = open_log_checkpoint
         self._verifier = log_verifier
         self.store = store
-        self.threads = threads or os.cpu_count() or 1
+        self.workers = workers or os.cpu_count() or 1
+        self._inline_checks = inline_checks
         self._progress = progress or (lambda done, total, phase: None)
         self.state = LedgerState()
         self.tree = MerkleTree()
@@ -386,6 +411,7 @@ class Auditor:
         self._hash_tiles_checked = 0
         self._sigs: _SignaturePool | None = None
         self._size = 0
+        self._verified = 0  # entries that passed every check (the state may hold one more)
 
     @property
     def origin(self) -> str:
@@ -446,7 +472,7 @@ class Auditor:
         return AuditResult(
             origin=self.origin, checkpoint_note=note.decode() if note and cp else None,
             size=cp.size if cp else 0, root=cp.root.hex() if cp else None,
-            failure=failure, entries_verified=self.state.size,
+            failure=failure, entries_verified=self._verified,
             signatures_checked=self._sigs.checked if self._sigs else 0,
             hash_tiles_checked=self._hash_tiles_checked, requests=requests,
             bytes_fetched=sum(s.bytes_fetched for s in sources),
@@ -489,7 +515,7 @@ class Auditor:
     # ------------------------------------------------------------ entries
 
     async def _replay_all(self, log: TileSource, size: int) -> None:
-        self._sigs = sigs = _SignaturePool(self.threads)
+        self._sigs = sigs = _SignaturePool(self.workers, inline_checks=self._inline_checks)
         self._size = size
         bundles = [entry_tile_for(i, size) for i in range(0, size, TILE_WIDTH)]
         waiting: deque[tuple[list[LogEntry], list[_Check | None]]] = deque()
@@ -504,12 +530,12 @@ class Auditor:
             now = time.monotonic()
             if now - last_report > 0.2:
                 last_report = now
-                self._progress(self.state.size, size, "verifying")
+                self._progress(self._verified, size, "verifying")
             # Let the fetches the lookahead started make progress.
             await asyncio.sleep(0)
         while waiting:
             self._replay(*waiting.popleft())
-        self._progress(self.state.size, size, "verified")
+        self._progress(self._verified, size, "verified")
 
     def _decode_bundle(self, tile: TileId, data: bytes) -> list[LogEntry]:
         first = tile.index * TILE_WIDTH
@@ -561,6 +587,7 @@ class Auditor:
                     entry_tile_for(index, self._size))) from None
             tree.append(entry.leaf_hash)
             self.facts.observe(entry, state)
+            self._verified = state.size
 
     # ------------------------------------------------------------ the tree
 

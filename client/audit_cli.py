@@ -86,8 +86,8 @@ def _parser() -> Parser:
     p.add_argument("--json", metavar="PATH", help="write the JSON report here")
     p.add_argument("--state", metavar="DIR", help="where fetched tiles and the last audited "
                    f"checkpoint are kept, per origin (default {default_state_dir()})")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="signature-checking threads (default: one per core)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="signature-checking processes (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
@@ -131,14 +131,14 @@ async def _audit(args: argparse.Namespace, progress: Progress
                        verifier.name)
     auditor = Auditor(args.log, open_log_checkpoint=opener,  # type: ignore[arg-type]
                       log_verifier=verifier, mirrors=args.mirror, store=store,
-                      threads=args.threads, progress=progress)
+                      workers=args.workers, progress=progress)
     return await auditor.run(), source, store
 
 
 def audit(argv: Sequence[str]) -> str:
     args = _parser().parse_args(list(argv))
-    if args.threads is not None and args.threads < 1:
-        raise UsageError("--threads must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
     progress = Progress(sys.stderr, quiet=args.quiet)
     try:
         result, source, store = asyncio.run(_audit(args, progress))

@@ -26,8 +26,11 @@ from aiohttp import web
 from cliutil import ROOT, cli, one_line_error
 from nodeproc import NodeProcess
 
+from client.audit import Auditor, AuditStore
+from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.entry import LogEntry
 from ledger.events import StatusRoot
+from ledger.note import new_verifier
 from ledger.tiles import encode_entry_bundle, parse_entry_bundle
 
 ORIGIN = "audit.test/log"
@@ -274,6 +277,29 @@ def test_a_tampered_entry_is_named_with_its_reason(log: Log, tmp_path: Path) -> 
     assert "FAILED" in (tmp_path / "out.html").read_text()
     # The lie is not kept: the same state audits the honest node cleanly.
     assert audit(log.url, tmp_path).returncode == 0
+
+
+async def test_signatures_checked_in_worker_processes_catch_a_bad_one(
+        log: Log, tmp_path: Path) -> None:
+    """In-process, with no inline checks: every signature goes to the process pool."""
+    vkey = _log_vkey(log)
+    verifier = new_verifier(vkey)
+
+    def opener(note: bytes) -> Checkpoint:
+        return open_checkpoint(note, verifier)[0]
+
+    clean = await Auditor(log.url, open_log_checkpoint=opener, log_verifier=verifier,
+                          inline_checks=0, workers=2).run()
+    assert clean.failure is None and clean.signatures_checked > 0
+    flipped: list[int] = []
+    with Proxy(log.url, rewrite={_entry_bundle(log, 300): _flip_signature(300, flipped)}
+               ) as liar:
+        result = await Auditor(liar.url, open_log_checkpoint=opener, log_verifier=verifier,
+                               store=AuditStore(tmp_path, ORIGIN), inline_checks=0,
+                               workers=2).run()
+    assert result.failure is not None
+    assert (result.failure.index, result.failure.code) == (flipped[0], "bad-signature")
+    assert result.entries_verified == flipped[0]
 
 
 def test_a_false_status_root_is_named(log: Log, tmp_path: Path) -> None:
