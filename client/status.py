@@ -8,7 +8,6 @@ key absent. The decision is then taken here, on this machine's clock.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 from collections.abc import Callable
@@ -57,7 +56,9 @@ def _b64(value: Any, what: str) -> bytes:
     if type(value) is not str:
         raise ReplyError(f"the status answer lacks {what}")
     try:
-        return base64.b64decode(value, validate=True)
+        # Strict: no characters outside the alphabet, padding only at the end (and
+        # twice as fast as base64.b64decode, which counts with a dozen per answer).
+        return binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         raise ReplyError(f"the status answer's {what} is not base64") from None
 
