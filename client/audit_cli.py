@@ -87,7 +87,7 @@ def _parser() -> Parser:
     p.add_argument("--state", metavar="DIR", help="where fetched tiles and the last audited "
                    f"checkpoint are kept, per origin (default {default_state_dir()})")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="signature-checking processes (default: one per core)")
+                   help="signature-checking threads (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 

@@ -279,9 +279,9 @@ def test_a_tampered_entry_is_named_with_its_reason(log: Log, tmp_path: Path) -> 
     assert audit(log.url, tmp_path).returncode == 0
 
 
-async def test_signatures_checked_in_worker_processes_catch_a_bad_one(
+async def test_the_engine_reports_the_entry_and_counts_only_what_passed(
         log: Log, tmp_path: Path) -> None:
-    """In-process, with no inline checks: every signature goes to the process pool."""
+    """The engine in-process, as a library caller uses it."""
     vkey = _log_vkey(log)
     verifier = new_verifier(vkey)
 
@@ -289,14 +289,13 @@ async def test_signatures_checked_in_worker_processes_catch_a_bad_one(
         return open_checkpoint(note, verifier)[0]
 
     clean = await Auditor(log.url, open_log_checkpoint=opener, log_verifier=verifier,
-                          inline_checks=0, workers=2).run()
+                          workers=2).run()
     assert clean.failure is None and clean.signatures_checked > 0
     flipped: list[int] = []
     with Proxy(log.url, rewrite={_entry_bundle(log, 300): _flip_signature(300, flipped)}
                ) as liar:
         result = await Auditor(liar.url, open_log_checkpoint=opener, log_verifier=verifier,
-                               store=AuditStore(tmp_path, ORIGIN), inline_checks=0,
-                               workers=2).run()
+                               store=AuditStore(tmp_path, ORIGIN), workers=2).run()
     assert result.failure is not None
     assert (result.failure.index, result.failure.code) == (flipped[0], "bad-signature")
     assert result.entries_verified == flipped[0]
