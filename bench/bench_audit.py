@@ -63,14 +63,14 @@ async def fill(url: str, data_dir: Path, events: int, batch_signed: bool) -> str
     return vkey
 
 
-async def audit(url: str, vkey: str, state: Path) -> AuditResult:
+async def audit(url: str, vkey: str, state: Path, *, processes: bool = True) -> AuditResult:
     verifier = new_verifier(vkey)
 
     def opener(note: bytes) -> Checkpoint:
         return open_checkpoint(note, verifier)[0]
 
     auditor = Auditor(url, open_log_checkpoint=opener, log_verifier=verifier,
-                      store=AuditStore(state, verifier.name))
+                      store=AuditStore(state, verifier.name), processes=processes)
     result = await auditor.run()
     assert result.failure is None, result.failure
     return result
@@ -106,6 +106,7 @@ def main(argv: list[str]) -> None:
             vkey = asyncio.run(fill(url, directory / "node", args.events, args.batch_signed))
             cold = asyncio.run(audit(url, vkey, directory / "state"))
             warm = asyncio.run(audit(url, vkey, directory / "state"))
+            threads = asyncio.run(audit(url, vkey, directory / "state", processes=False))
         finally:
             node.stop()
         store = AuditStore(directory / "state", cold.origin)
@@ -116,7 +117,8 @@ def main(argv: list[str]) -> None:
     print(f"log of {cold.size:,} entries, {args.events:,} grants {how}; "
           f"{warm.signatures_checked:,} signatures checked a run", flush=True)
     for name, r in (("cold: tiles fetched over loopback", cold),
-                    ("resumed: tiles from the local store", warm)):
+                    ("resumed: tiles from the local store", warm),
+                    ("resumed, signatures in threads instead", threads)):
         print(f"audit, {name}: {r.size / r.seconds:,.0f} entries/s overall "
               f"({r.seconds:.2f} s, {r.requests:,} requests), "
               f"{r.entries_verified / r.verify_seconds:,.0f} entries/s in the replay",

@@ -87,7 +87,7 @@ def _parser() -> Parser:
     p.add_argument("--state", metavar="DIR", help="where fetched tiles and the last audited "
                    f"checkpoint are kept, per origin (default {default_state_dir()})")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="signature-checking threads (default: one per core)")
+                   help="signature-checking processes (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
@@ -131,7 +131,7 @@ async def _audit(args: argparse.Namespace, progress: Progress
                        verifier.name)
     auditor = Auditor(args.log, open_log_checkpoint=opener,  # type: ignore[arg-type]
                       log_verifier=verifier, mirrors=args.mirror, store=store,
-                      workers=args.workers, progress=progress)
+                      workers=args.workers, processes=True, progress=progress)
     return await auditor.run(), source, store
 
 

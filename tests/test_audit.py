@@ -26,6 +26,7 @@ from aiohttp import web
 from cliutil import ROOT, cli, one_line_error
 from nodeproc import NodeProcess
 
+import client.audit as audit_engine
 from client.audit import Auditor, AuditStore
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.entry import LogEntry
@@ -279,9 +280,11 @@ def test_a_tampered_entry_is_named_with_its_reason(log: Log, tmp_path: Path) -> 
     assert audit(log.url, tmp_path).returncode == 0
 
 
+@pytest.mark.parametrize("processes", [False, True])
 async def test_the_engine_reports_the_entry_and_counts_only_what_passed(
-        log: Log, tmp_path: Path) -> None:
-    """The engine in-process, as a library caller uses it."""
+        log: Log, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool) -> None:
+    """The engine in-process, as a library caller uses it, with either signature pool."""
+    monkeypatch.setattr(audit_engine, "PROCESSES_FROM", 0)
     vkey = _log_vkey(log)
     verifier = new_verifier(vkey)
 
@@ -289,13 +292,14 @@ async def test_the_engine_reports_the_entry_and_counts_only_what_passed(
         return open_checkpoint(note, verifier)[0]
 
     clean = await Auditor(log.url, open_log_checkpoint=opener, log_verifier=verifier,
-                          workers=2).run()
+                          workers=2, processes=processes).run()
     assert clean.failure is None and clean.signatures_checked > 0
     flipped: list[int] = []
     with Proxy(log.url, rewrite={_entry_bundle(log, 300): _flip_signature(300, flipped)}
                ) as liar:
         result = await Auditor(liar.url, open_log_checkpoint=opener, log_verifier=verifier,
-                               store=AuditStore(tmp_path, ORIGIN), workers=2).run()
+                               store=AuditStore(tmp_path, ORIGIN), workers=2,
+                               processes=processes).run()
     assert result.failure is not None
     assert (result.failure.index, result.failure.code) == (flipped[0], "bad-signature")
     assert result.entries_verified == flipped[0]
