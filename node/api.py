@@ -281,6 +281,8 @@ async def readyz(request: web.Request) -> web.Response:
     rt = _runtime(request)
     if not rt.sequencer.healthy:
         raise_problem("unavailable", "the sequencer has stopped after a storage failure")
+    if rt.replica is not None and rt.replica.failed is not None:
+        raise_problem("unavailable", f"this member stopped replicating: {rt.replica.failed}")
     return web.json_response({"status": "ready", "size": rt.sequencer.committed_size})
 
 

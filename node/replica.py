@@ -120,6 +120,9 @@ class Replica:
             log.exception("replica stopped")
             self.failed = exc
             self._fail_waiters(lambda i: True, f"storage failure: {exc}")
+            for task in self._tasks:  # a member that cannot persist takes no part in Raft
+                if task is not asyncio.current_task():
+                    task.cancel()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -228,8 +231,10 @@ class Replica:
     async def _process(self, rd: Ready) -> None:
         storage = self._storage
         if rd.truncate_after is not None and rd.truncate_after < self._state_last:
+            # The core may already count the new leader's entries as committed; what must
+            # never be truncated is what this member published, applied or cosigned.
             keeps = self._ends.get(rd.truncate_after, 0)
-            if rd.truncate_after < self.raft.commit_index or keeps < self.cosigner.cosigned_size:
+            if keeps < max(self.committed_size, self.cosigner.cosigned_size):
                 raise RuntimeError(f"asked to truncate committed or cosigned entries "
                                    f"(after Raft entry {rd.truncate_after}, ledger size {keeps})")
             if rd.truncate_after < self._persisted_last:

@@ -72,9 +72,7 @@ class ReplicaStorage(Storage):
         entries: Sequence[tuple[int, bytes, bytes, bytes]],
     ) -> None:
         """One durable step of the Raft log: vote, truncation, new entries, atomically."""
-        db = self._db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction() as db:
             if hard_state is not None:
                 term, vote = hard_state
                 await db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
@@ -100,10 +98,6 @@ class ReplicaStorage(Storage):
                 await db.executemany(
                     "INSERT INTO entries(idx, event_id, leaf, data) VALUES (?, ?, ?, ?)",
                     entries)
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
 
     async def raft_range(self, lo: int, hi: int) -> list[RaftRow]:
         """Raft rows with lo <= index < hi."""
@@ -116,19 +110,14 @@ class ReplicaStorage(Storage):
     async def store_published(self, tiles: Sequence[tuple[int, int, bytes]],
                               checkpoint: tuple[int, bytes] | None) -> None:
         """Tiles of newly committed entries and (on the leader) the checkpoint for them."""
-        db = self._db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction() as db:
             await db.executemany(
                 "INSERT OR REPLACE INTO tiles(level, idx, hashes) VALUES (?, ?, ?)", tiles)
             if checkpoint is not None:
                 await db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
                                  checkpoint)
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
 
     async def store_checkpoint(self, size: int, note: bytes) -> None:
-        await self._db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
-                               (size, note))
+        async with self.transaction() as db:
+            await db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
+                             (size, note))

@@ -8,8 +8,10 @@ whole batch or none of it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -59,6 +61,21 @@ class Storage:
         self._db = db
         self._path = path
         self._checkpointer: aiosqlite.Connection | None = None
+        # One connection, several tasks (a cluster member persists Raft entries while it
+        # publishes tiles): writes take turns, or one's BEGIN would land inside another's.
+        self._writing = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE … COMMIT (synced), rolled back on any error; one at a time."""
+        async with self._writing:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
 
     @classmethod
     async def open(cls, path: Path) -> Self:
@@ -104,8 +121,9 @@ class Storage:
         return None if row is None else bytes(row[0])
 
     async def set_meta(self, key: str, value: bytes) -> None:
-        await self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                               (key, value))
+        async with self._writing:
+            await self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                   (key, value))
 
     async def commit_batch(
         self,
@@ -115,9 +133,7 @@ class Storage:
         checkpoint_note: bytes,
     ) -> None:
         """Store (index, event_id, leaf, data) rows, tiles and checkpoint atomically."""
-        db = self._db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction() as db:
             await db.executemany(
                 "INSERT INTO entries(idx, event_id, leaf, data) VALUES (?, ?, ?, ?)", entries)
             await db.executemany(
@@ -125,10 +141,6 @@ class Storage:
                 [(t.level, t.index, t.hashes) for t in tiles])
             await db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
                              (checkpoint_size, checkpoint_note))
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
 
     async def size(self) -> int:
         row = await (await self._db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM entries")

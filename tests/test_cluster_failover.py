@@ -1,0 +1,173 @@
+"""SIGKILL the leader under write load, again and again; cut a leader off in a minority."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from clusterproc import LocalCluster
+from factories import grant
+from nodeclient import now_ms, post, register_controller
+
+from client.verify_log import verify_log
+from ledger.checkpoint import open_checkpoint
+from ledger.note import new_verifier
+from ledger.signed import sign_batch
+
+ROUNDS = 3
+WRITERS = 6
+BATCH = 20
+ACKS_PER_ROUND = 300
+FAILOVER_LIMIT_S = 10.0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster")
+    c.start()
+    c.wait_leader()
+    yield c
+    c.stop_all()
+
+
+async def _write_round(cluster: LocalCluster, key: object, acked: dict[bytes, int],
+                       round_no: int) -> float:
+    """Write until ACKS_PER_ROUND are acknowledged, kill the leader, write until a new one
+    acknowledges; returns the seconds from the kill to that first acknowledgement."""
+    killed_at: list[float] = []
+    recovered = asyncio.Event()
+    counter = 0
+    leader = cluster.wait_leader()
+    rng = random.Random(round_no)
+    deadline = time.monotonic() + 60
+
+    async def writer(w: int) -> None:
+        nonlocal counter
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            seq = 0
+            while not recovered.is_set():
+                t = now_ms()
+                batch = sign_batch([
+                    grant(subject=bytes([round_no, w]) + seq.to_bytes(4, "big") + bytes([i]) * 26,
+                          consented_at=t, valid_until=t + 10**9) for i in range(BATCH)],
+                    key)  # type: ignore[arg-type]
+                seq += 1
+                while not recovered.is_set():  # the same batch until it is acknowledged
+                    assert time.monotonic() < deadline, "the cluster stopped taking writes"
+                    member = rng.choice(cluster.alive())
+                    try:
+                        status, body, _ = await post(s, cluster.url(member), batch)
+                    except (TimeoutError, aiohttp.ClientError):
+                        continue  # that member died or is electing: try another
+                    if status != 200:
+                        assert status == 503, body  # no leader yet, or leadership moved
+                        await asyncio.sleep(0.01)  # a retry back-off, not synchronisation
+                        continue
+                    for signed, result in zip(batch, body["results"], strict=True):
+                        assert acked.setdefault(signed.id, result["index"]) == result["index"]
+                    counter += len(batch)
+                    if killed_at and not recovered.is_set():
+                        killed_at.append(time.monotonic())
+                        recovered.set()
+                    if counter >= ACKS_PER_ROUND and not killed_at:
+                        killed_at.append(time.monotonic())
+                        cluster.kill(leader)
+                    break
+
+    await asyncio.gather(*(writer(w) for w in range(WRITERS)))
+    return killed_at[1] - killed_at[0]
+
+
+def test_acknowledged_events_survive_leader_kills(cluster: LocalCluster) -> None:
+    log_key = cluster.config.log_key
+
+    async def register() -> object:
+        async with aiohttp.ClientSession() as s:
+            return await register_controller(s, cluster.url(cluster.wait_leader()),
+                                             cluster.operator_key)
+
+    key = asyncio.run(register())
+    acked: dict[bytes, int] = {}
+    failovers = []
+    for round_no in range(ROUNDS):
+        failovers.append(asyncio.run(_write_round(cluster, key, acked, round_no)))
+        for proc in cluster.members.values():
+            if proc.proc is not None and proc.proc.returncode == -signal.SIGKILL:
+                proc.start()  # back, and catching up from the new leader's log
+    assert max(failovers) < FAILOVER_LIMIT_S, failovers
+    assert len(acked) >= ROUNDS * ACKS_PER_ROUND
+
+    leader = cluster.wait_leader()
+    size = max(acked.values()) + 1
+    for member in cluster.members:
+        cluster.wait_published(member, size)
+
+    async def check() -> None:
+        async with aiohttp.ClientSession() as s:
+            roots = {}
+            for member in cluster.members:
+                verified = await verify_log(s, cluster.url(member), log_key)
+                for event_id, index in acked.items():
+                    assert verified.state.index_of(event_id) == index, member
+                roots[member] = verified.tree.root(size)
+            assert len(set(roots.values())) == 1, roots
+            async with s.get(cluster.url(leader) + "/checkpoint") as resp:
+                note = await resp.read()
+            open_checkpoint(note, new_verifier(log_key))
+
+    asyncio.run(check())
+
+
+def test_a_leader_cut_off_in_a_minority_acknowledges_nothing(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    followers = [m for m in cluster.members if m != leader]
+
+    async def register() -> object:
+        async with aiohttp.ClientSession() as s:
+            return await register_controller(s, cluster.url(leader), cluster.operator_key)
+
+    key = asyncio.run(register())
+    t = now_ms()
+    batch = sign_batch([grant(subject=bytes([7, i]) * 16, consented_at=t, valid_until=t + 10**9)
+                        for i in range(5)], key)  # type: ignore[arg-type]
+    for member in followers:  # frozen: the leader can reach no majority
+        assert cluster.members[member].proc is not None
+        cluster.members[member].proc.send_signal(signal.SIGSTOP)
+    try:
+        async def try_write() -> int | None:
+            timeout = aiohttp.ClientTimeout(total=3)
+            async with aiohttp.ClientSession(timeout=timeout) as s:
+                try:
+                    status, _, _ = await post(s, cluster.url(leader), batch)
+                except TimeoutError:
+                    return None
+                return int(status)
+
+        status = asyncio.run(try_write())
+        assert status != 200  # never acknowledged: no majority stored it
+    finally:
+        for member in followers:
+            cluster.members[member].proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+
+    async def write_again() -> dict:
+        deadline = time.monotonic() + 20
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            while True:
+                member = cluster.wait_leader()
+                try:
+                    status, body, _ = await post(s, cluster.url(member), batch)
+                except (TimeoutError, aiohttp.ClientError):
+                    status, body = 0, None
+                if status == 200 or time.monotonic() > deadline:
+                    assert status == 200, body
+                    return body
+
+    body = asyncio.run(write_again())
+    indexes = [r["index"] for r in body["results"]]
+    assert indexes == sorted(set(indexes))  # once each, no duplicate entries
