@@ -426,6 +426,8 @@ class Auditor:
             try:
                 note = await log.checkpoint()
                 cp = self._open(note, self._open_log, f"the log's checkpoint ({self.log_url})")
+                self._sources.append(SourceReport(
+                    self.log_url, "log", cp.size, cp.root.hex(), note.decode(), "failed", 0))
                 previous_cp = self._previous(previous, note, cp)
                 previous_size = previous_cp.size if previous_cp is not None else None
                 hash_tiles = asyncio.ensure_future(self._fetch_hash_tiles(log, cp.size))
@@ -439,9 +441,7 @@ class Auditor:
                         hash_tiles.cancel()
                         await asyncio.gather(hash_tiles, return_exceptions=True)
                 self._check_tree(cp, note, tiles, previous_cp, previous)
-                self._sources.append(SourceReport(
-                    self.log_url, "log", cp.size, cp.root.hex(), note.decode(), "audited",
-                    0))
+                self._sources[0] = dataclasses.replace(self._sources[0], verdict="audited")
                 for url in self.mirrors:
                     mirror = TileSource(url, session, slots, None)
                     sources.append(mirror)

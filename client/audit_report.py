@@ -329,15 +329,16 @@ def _columns(buckets: list[tuple[str, list[int]]], series: list[tuple[str, str]]
     """Vertical grouped columns over an ordered axis (time, or delay buckets)."""
     if not buckets:
         return f"<p class=empty>{_E(title)}: nothing to show.</p>"
-    width, height, left, bottom, top = 760, 260, 56, 64, 30
+    width, height, left, bottom, top = 760, 290, 56, 96, 30
     plot_w, plot_h = width - left - 10, height - top - bottom
-    peak = max(max(v) for _, v in buckets) or 1
+    step = -(-max(max(v) for _, v in buckets) // 4) or 1  # whole-number grid lines
+    peak = 4 * step
     slot = plot_w / len(buckets)
     bar = max(1.0, min(28.0, slot * 0.8 / len(series)))
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="{_E(title)}">', _legend(series, left)]
     for k in range(5):  # horizontal grid with values
-        v = peak * k / 4
+        v = step * k
         y = top + plot_h - plot_h * k / 4
         parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" '
                      f'class="grid"/><text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" '
@@ -442,8 +443,8 @@ def report_html(report: dict[str, Any]) -> str:
            f"<span class='verdict {'ok' if ok else 'bad'}'>"
            f"{'VERIFIED FROM GENESIS' if ok else 'FAILED'}</span>"]
     if failure is not None:
-        where = f"entry {failure['entry']}" if failure["entry"] is not None else "the log"
-        out.append(f"<div class=failure><p><b>{_E(failure['code'])}</b> at {_E(where)}: "
+        where = f" at entry {failure['entry']}" if failure["entry"] is not None else ""
+        out.append(f"<div class=failure><p><b>{_E(failure['code'])}</b>{_E(where)}: "
                    f"{_E(failure['reason'])}</p>")
         for name, text in failure["evidence"].items():
             out.append(f"<p class=note>{_E(name.replace('_', ' '))}</p><pre>{_E(text)}</pre>")
@@ -458,11 +459,16 @@ def report_html(report: dict[str, Any]) -> str:
     out.append("<div class=kpis>" + "".join(
         f"<div class=kpi><b>{_num(n)}</b><span>{_E(label)}</span></div>" for label, n in kpis)
         + "</div>")
-    out.append(f"<p class=note>Every entry was decoded strictly and replayed: its index, "
-               f"its link in the hash chain, its admission with the keys in force at that "
-               f"entry, its signature, and every status root recomputed. The tree rebuilt "
-               f"from the entries was compared with every hash tile served and with the "
-               f"signed checkpoint. Took {v['seconds']:.1f} s; {_num(v['tiles_reused'])} "
+    if not ok:
+        out.append(f"<p class=note>The audit stopped at this failure; the figures below "
+                   f"cover the {_num(v['entries_verified'])} entries that verified before "
+                   f"it.</p>")
+    out.append(f"<p class=note>What an audit checks: each entry decoded strictly and "
+               f"replayed (its index, its link in the hash chain, its admission with the "
+               f"keys in force at that entry, its signature, every status root "
+               f"recomputed); the tree rebuilt from the entries against every hash tile "
+               f"served and the signed checkpoint; each mirror's checkpoint against that "
+               f"tree. Took {v['seconds']:.1f} s; {_num(v['tiles_reused'])} "
                f"tiles came from an earlier run's local copy"
                + (f" (previous audit: size {_num(report['previous_audit_size'])})"
                   if report["previous_audit_size"] is not None else "") + ".</p>")

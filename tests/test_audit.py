@@ -322,7 +322,9 @@ def test_a_false_status_root_is_named(log: Log, tmp_path: Path) -> None:
         err = one_line_error(audit(liar.url, tmp_path), 1)
     (index,) = changed
     assert f"entry {index}:" in err and "status root" in err
-    assert report(tmp_path)["failure"]["code"] == "bad-status-root"  # type: ignore[index]
+    r = report(tmp_path)
+    assert r["failure"]["code"] == "bad-status-root"  # type: ignore[index]
+    assert r["sources"][0]["verdict"] == "failed"  # type: ignore[index]
 
 
 def test_a_tampered_hash_tile_is_named(log: Log, tmp_path: Path) -> None:
@@ -371,6 +373,8 @@ def test_a_fork_given_as_mirror_is_a_split_view(log: Log, fork: NodeProcess,
     assert "split view" in err and fork.url in err
     failure = report(tmp_path)["failure"]
     assert isinstance(failure, dict) and failure["code"] == "split-view"
+    verdicts = [(s["role"], s["verdict"]) for s in report(tmp_path)["sources"]]  # type: ignore[attr-defined]
+    assert verdicts[0] == ("log", "audited") and verdicts[1][0] == "mirror"
     evidence = failure["evidence"]
     assert evidence["checkpoint"].startswith(ORIGIN + "\n")
     assert evidence["mirror_checkpoint"].startswith(ORIGIN + "\n")
