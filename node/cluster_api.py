@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import time
+
 import aiohttp
 from aiohttp import web
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ledger.errors import DecodeError
 from ledger.raft.wire import decode_messages
+from node.config import ConfigError
 from node.cosigning import CosignError
 from node.peer_auth import PeerAuthError, check_request
 from node.peers import COSIGN_PATH, RAFT_PATH
 from node.problems import raise_problem
 from node.replica import Replica
 from node.runtime import RUNTIME
+from node.sequencer import UnavailableError
 
 MAX_PEER_BODY = 64 * 1024 * 1024
 _FORWARDED = "Consent-Ledger-Forwarded-By"
@@ -73,6 +81,7 @@ async def get_cluster(request: web.Request) -> web.Response:
     return web.json_response({
         "member": replica.member, "role": raft.role, "term": raft.term,
         "leader": raft.leader_id, "raft_commit": raft.commit_index,
+        "voters": sorted(raft.membership.voters),
         "raft_last": raft.last_index, "committed_size": replica.committed_size,
         "published_size": replica.published_size,
         "checkpoint_size": request.app[RUNTIME].sequencer.committed_size,
@@ -105,7 +114,60 @@ async def forward_to_leader(request: web.Request, replica: Replica,
     raise AssertionError("unreachable")
 
 
+MEMBERSHIP_PATH = "/v1/cluster/membership"
+OPERATOR_SIGNATURE = "Consent-Ledger-Operator-Signature"
+MEMBERSHIP_DOMAIN = b"consent-ledger/membership/v1\x00"
+MEMBERSHIP_MAX_AGE_MS = 5 * 60 * 1000
+
+
+def membership_message(origin: str, body: bytes) -> bytes:
+    """What the operator signs to change the cluster's voters."""
+    return MEMBERSHIP_DOMAIN + origin.encode() + b"\n" + body
+
+
+async def post_membership(request: web.Request) -> web.Response:
+    """Add or remove one voter, on the operator's signed word (JSON {"add"|"remove", "at"})."""
+    rt = request.app[RUNTIME]
+    replica = _replica(request)
+    body = await request.read()
+    if not replica.is_leader:
+        return await forward_to_leader(request, replica, body)
+    operator_id = rt.state.operator_key_id
+    if operator_id is None:
+        raise_problem("no-genesis", "the log has no operator key yet")
+    try:
+        sig = base64.b64decode(request.headers.get(OPERATOR_SIGNATURE, ""), validate=True)
+        Ed25519PublicKey.from_public_bytes(rt.state.keys[operator_id].public_key).verify(
+            sig, membership_message(rt.origin, body))
+    except (binascii.Error, ValueError, InvalidSignature):
+        raise_problem("not-operator", f"a membership change needs the {OPERATOR_SIGNATURE} "
+                      "header: the operator key's signature over the request")
+    try:
+        change = json.loads(body)
+        at = change["at"]
+        add, remove = change.get("add"), change.get("remove")
+        if not isinstance(at, int) or (add is None) == (remove is None) \
+                or not isinstance(add or remove, str) or set(change) - {"at", "add", "remove"}:
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise_problem("malformed", 'give {"add": "<member>"} or {"remove": "<member>"} '
+                      'and "at": the time in ms')
+    if abs(time.time_ns() // 1_000_000 - at) > MEMBERSHIP_MAX_AGE_MS:
+        raise_problem("clock-skew", "the signed request is too old (or from the future): "
+                      "sign it anew")
+    try:
+        voters = await replica.change_membership(add=add, remove=remove)
+    except ConfigError as exc:
+        raise_problem("not-found", str(exc))
+    except ValueError as exc:
+        raise_problem("membership-change", str(exc))
+    except UnavailableError as exc:
+        raise_problem("no-leader", str(exc), headers={"Retry-After": "1"})
+    return web.json_response({"voters": sorted(voters)})
+
+
 def add_cluster_routes(app: web.Application) -> None:
+    app.router.add_post(MEMBERSHIP_PATH, post_membership)
     app.router.add_post(RAFT_PATH, post_raft)
     app.router.add_post(COSIGN_PATH, post_cosign)
     app.router.add_get("/v1/cluster", get_cluster)

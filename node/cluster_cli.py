@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -47,26 +48,30 @@ def free_ports(n: int) -> list[int]:
 
 def init_cluster(directory: Path, *, nodes: int, host: str, base_port: int,
                  origin: str | None, max_skew_ms: int = 10 * 60 * 1000,
-                 ports: Sequence[int] | None = None) -> ClusterConfig:
+                 ports: Sequence[int] | None = None, spares: int = 0) -> ClusterConfig:
     if nodes not in (1, 3, 5, 7):
         raise ConfigError("--nodes must be 1, 3, 5 or 7 (an odd number of members)")
     if (directory / "cluster.toml").exists():
         raise ConfigError(f"{directory}/cluster.toml exists: refusing to overwrite a cluster")
     if not 0 <= base_port <= 65535 - nodes:
         raise ConfigError(f"--base-port {base_port} leaves no room for {nodes} ports")
+    if not 0 <= spares <= 4:
+        raise ConfigError("--spares must be 0..4")
+    total = nodes + spares
     if ports is None:
-        ports = free_ports(nodes) if base_port == 0 else [base_port + n for n in range(nodes)]
+        ports = free_ports(total) if base_port == 0 else [base_port + n for n in range(total)]
     origin = origin or f"consent-ledger.local/{os.urandom(4).hex()}"
     keys = directory / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     log_key = generate_key_file(keys / "log.key")
     operator = generate_key_file(keys / "operator.key")
     members = []
-    for n in range(1, nodes + 1):
+    for n in range(1, total + 1):
         member_id = f"n{n}"
         key = generate_key_file(keys / f"{member_id}.key")
         members.append(Member(member_id, f"http://{host}:{ports[n - 1]}",
-                              cosigner_verifier_key(f"{origin}/{member_id}", key.public_key())))
+                              cosigner_verifier_key(f"{origin}/{member_id}", key.public_key()),
+                              voter=n <= nodes))
     genesis = Genesis(origin=origin, operator_key=public_bytes(operator),
                       created_at=time.time_ns() // 1_000_000, max_skew_ms=max_skew_ms)
     (directory / "genesis.msgpack").write_bytes(sign_event(genesis, operator).encode())
@@ -169,12 +174,24 @@ def cluster_main(argv: Sequence[str]) -> int:
     init.add_argument("--base-port", type=int, default=7101,
                       help="members listen on consecutive ports from here (0: any free ports)")
     init.add_argument("--origin")
+    init.add_argument("--spares", type=int, default=0,
+                      help="members pinned in the cluster file but not voters until added")
     up = sub.add_parser("up", help="run every member of a local cluster")
     up.add_argument("--dir", type=Path, required=True)
+    for action in ("add", "remove"):
+        change = sub.add_parser(action, help=f"{action} one voter (signed by the operator key)")
+        change.add_argument("--dir", type=Path, required=True)
+        change.add_argument("--member", required=True)
+        change.add_argument("--via", help="a member's URL (default: the first voter's)")
+        change.add_argument("--operator-key", type=Path,
+                            help="default: DIR/keys/operator.key")
     args = parser.parse_args(argv)
+    if args.action in ("add", "remove"):
+        return asyncio.run(_change_membership(args))
     if args.action == "init":
         config = init_cluster(args.dir, nodes=args.nodes, host=args.host,
-                              base_port=args.base_port, origin=args.origin)
+                              base_port=args.base_port, origin=args.origin,
+                              spares=args.spares)
         print(f"wrote a {len(config.members)}-member cluster for {config.origin} in {args.dir}")
         for m in config.members:
             print(f"  consent-ledger node --config {args.dir / (m.id + '.toml')}   # {m.url}")
@@ -210,3 +227,24 @@ def up_main(argv: Sequence[str]) -> int:
         return await _demo(args.dir, leader, args.demo_events)
 
     return asyncio.run(run_cluster(args.dir, then=demo, once=args.once))
+
+
+async def _change_membership(args: argparse.Namespace) -> int:
+    from client.keys import load_private_key
+    from node.cluster_api import MEMBERSHIP_PATH, OPERATOR_SIGNATURE, membership_message
+
+    cluster = load_cluster(args.dir / "cluster.toml")
+    cluster.member(args.member)
+    key = load_private_key(args.operator_key or args.dir / "keys" / "operator.key")
+    body = json.dumps({args.action: args.member, "at": time.time_ns() // 1_000_000}).encode()
+    sig = base64.b64encode(key.sign(membership_message(cluster.origin, body))).decode()
+    url = args.via or next(m.url for m in cluster.members if m.voter)
+    async with aiohttp.ClientSession() as session, session.post(
+            url.rstrip("/") + MEMBERSHIP_PATH, data=body,
+            headers={OPERATOR_SIGNATURE: sig, "Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=30)) as resp:
+        answer = json.loads(await resp.read() or b"{}")
+    if resp.status != 200:
+        raise ConfigError(f"{args.action} {args.member}: {answer.get('detail', resp.status)}")
+    print(f"voters: {' '.join(answer['voters'])}")
+    return 0

@@ -37,6 +37,7 @@ class Member:
     id: str
     url: str
     key: str  # cosigner verifier key string
+    voter: bool = True  # False: a spare, pinned here, that the operator may add later
 
     @property
     def cosigner(self) -> CosignatureVerifier:
@@ -66,11 +67,18 @@ class ClusterConfig:
                           f"({', '.join(m.id for m in self.members)})")
 
     @property
+    def voters(self) -> frozenset[str]:
+        """The first Raft membership; later ones are in the log (cluster add/remove)."""
+        return frozenset(m.id for m in self.members if m.voter)
+
+    @property
     def quorum(self) -> int:
-        return len(self.members) // 2 + 1
+        return len(self.voters) // 2 + 1
 
     def policy_text(self) -> str:
-        """The C2SP tlog-policy a client needs: the log key and a majority of members."""
+        """The C2SP tlog-policy a client needs: the log key and a majority of the voters'
+        worth of cosignatures from the pinned members (spares included, so that a
+        one-for-one membership change needs no new policy)."""
         lines = [f"log {self.log_key}"]
         for m in self.members:
             lines.append(f"witness {m.id} {m.key} {m.url}")
@@ -117,7 +125,7 @@ def parse_cluster(raw: dict[str, Any], *, base: Path, where: str) -> ClusterConf
     for n, entry in enumerate(entries, 1):
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: member {n} is not a table")
-        extra = set(entry) - {"id", "url", "key"}
+        extra = set(entry) - {"id", "url", "key", "voter"}
         if extra:
             raise ConfigError(f"{where}: member {n}: unknown setting {sorted(extra)[0]!r}")
         member_id = text(entry, "id", f"member {n}: ")
@@ -133,11 +141,16 @@ def parse_cluster(raw: dict[str, Any], *, base: Path, where: str) -> ClusterConf
             load_public_key(parse_verifier_key(key).public_key)
         except NoteError as exc:
             raise ConfigError(f"{where}: member {member_id}: key: {exc}") from None
-        members.append(Member(member_id, url, key))
+        voter = entry.get("voter", True)
+        if not isinstance(voter, bool):
+            raise ConfigError(f"{where}: member {member_id}: voter must be true or false")
+        members.append(Member(member_id, url, key, voter))
     for attr in ("id", "url", "key"):
         values = [getattr(m, attr) for m in members]
         if len(set(values)) != len(values):
             raise ConfigError(f"{where}: two members share the same {attr}")
+    if not any(m.voter for m in members):
+        raise ConfigError(f"{where}: no member is a voter")
     genesis = None
     if "genesis" in raw:
         gpath = base / text(raw, "genesis", "")
@@ -171,4 +184,6 @@ def format_cluster(config: ClusterConfig, genesis_file: str | None) -> str:
     lines.append(f"recosign_ms = {config.recosign_ms}")
     for m in config.members:
         lines += ["", "[[member]]", f'id = "{m.id}"', f'url = "{m.url}"', f'key = "{m.key}"']
+        if not m.voter:
+            lines.append("voter = false")
     return "\n".join(lines) + "\n"

@@ -124,8 +124,10 @@ class Cosigner:
     # ---------------------------------------------------------------- as the leader
 
     async def gather(self, note: bytes, links: Mapping[str, PeerLink], *,
-                     wait_all: bool = False, timeout: float = 2.0) -> bytes:
+                     wait_all: bool = False, timeout: float = 2.0,
+                     quorum: int | None = None) -> bytes:
         """`note` with this member's and its peers' cosignatures: a majority, or all."""
+        need = quorum if quorum is not None else self._cluster.quorum  # of the voters now
         lines = [await self.cosign(note)]
         body = msgpack.packb({"checkpoint": note, "published": self.latest},
                              use_bin_type=True)
@@ -133,7 +135,7 @@ class Cosigner:
                    peer for peer, link in links.items()}
         deadline = time.monotonic() + timeout
         try:
-            while pending and (wait_all or len(lines) < self._cluster.quorum):
+            while pending and (wait_all or len(lines) < need):
                 done, _ = await asyncio.wait(pending, timeout=deadline - time.monotonic(),
                                              return_when=asyncio.FIRST_COMPLETED)
                 if not done:
@@ -147,7 +149,7 @@ class Cosigner:
             for task in pending:
                 task.cancel()
         cosigned = add_cosignatures(note, lines)
-        if len(lines) >= self._cluster.quorum:
+        if len(lines) >= need:
             self.latest = cosigned
             # Followers serve it at once, not only after the next round asks them to cosign.
             announce = msgpack.packb({"published": cosigned}, use_bin_type=True)

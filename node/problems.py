@@ -47,6 +47,7 @@ STATUS: dict[str, int] = {
     "unauthorized-peer": 401,
     "not-leader": 409,
     "cosign-refused": 409,
+    "membership-change": 409,
     "overloaded": 503,
     "unavailable": 503,
     "no-leader": 503,
@@ -85,6 +86,7 @@ TITLES: dict[str, str] = {
     "unauthorized-peer": "Not an authenticated cluster member",
     "not-leader": "Not from the leader this member follows",
     "cosign-refused": "This member will not cosign that checkpoint",
+    "membership-change": "The membership change cannot be made now",
     "no-leader": "The cluster has no reachable leader right now",
 }
 

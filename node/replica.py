@@ -78,6 +78,7 @@ class Replica:
         self.published_size = published_size
         self._proposed: dict[int, list[tuple[int, bytes, bytes, bytes]]] = {}
         self._waiters: dict[int, asyncio.Future[bytes]] = {}
+        self._config_waiters: dict[int, asyncio.Future[bytes]] = {}
         self._payloads: dict[int, bytes] = {}
         self._wake = asyncio.Event()
         self._publish = asyncio.Event()
@@ -176,11 +177,38 @@ class Replica:
         self._wake.set()
         return await waiter
 
+    async def change_membership(self, *, add: str | None = None,
+                                remove: str | None = None) -> frozenset[str]:
+        """Add or remove one voter (a member pinned in the cluster file); the new voters
+        once the change is committed."""
+        from ledger.raft.membership import Membership
+        from ledger.raft.node import MembershipChangeError
+
+        voters = set(self.raft.membership.voters)
+        if add is not None:
+            self.cluster.member(add)  # pinned, with a URL and a key
+            voters.add(add)
+        if remove is not None:
+            voters.discard(remove)
+        try:
+            entry = self.raft.propose_membership(Membership(frozenset(voters)))
+        except NotLeaderError as exc:
+            raise UnavailableError(f"not the leader (leader: {exc.leader_hint or 'unknown'})"
+                                   ) from None
+        except MembershipChangeError as exc:
+            raise ValueError(str(exc)) from None
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._config_waiters[entry.index] = waiter
+        self._wake.set()
+        await waiter
+        return frozenset(voters)
+
     def _fail_waiters(self, which: Callable[[int], bool], reason: str) -> None:
-        for index in [i for i in self._waiters if which(i)]:
-            waiter = self._waiters.pop(index)
-            if not waiter.done():
-                waiter.set_exception(UnavailableError(reason))
+        for waiters in (self._waiters, self._config_waiters):
+            for index in [i for i in waiters if which(i)]:
+                waiter = waiters.pop(index)
+                if not waiter.done():
+                    waiter.set_exception(UnavailableError(reason))
 
     # ---------------------------------------------------------------- the Ready loop
 
@@ -283,6 +311,10 @@ class Replica:
                 link.send(message)
         self.raft.advance(rd, refused_from=refused)
         if rd.newly_committed is not None:
+            for index in [i for i in self._config_waiters if i <= rd.commit_index]:
+                waiter = self._config_waiters.pop(index)
+                if not waiter.done():
+                    waiter.set_result(b"")
             committed = self._ends.get(min(rd.commit_index, self._persisted_last))
             if committed is not None and committed > self.committed_size:
                 self.committed_size = committed
@@ -368,7 +400,8 @@ class Replica:
             if self.is_leader:
                 note = sign_checkpoint(Checkpoint(self._rt.origin, size, tree.root(size)),
                                        self._log_signer)
-                note = await self.cosigner.gather(note, self.links)
+                note = await self.cosigner.gather(note, self.links,
+                                                  quorum=self.raft.membership.quorum)
                 await self._storage.store_published(tiles, (size, note))
                 self._rt.sequencer.published(size, note)
             else:
@@ -390,7 +423,8 @@ class Replica:
                 continue  # the publisher is about to cosign a newer one
             try:
                 note = await self.cosigner.gather(self._rt.sequencer.checkpoint, self.links,
-                                                  wait_all=True, timeout=period)
+                                                  wait_all=True, timeout=period,
+                                                  quorum=self.raft.membership.quorum)
                 self._rt.sequencer.published(self.published_size, note)
             except Exception as exc:
                 log.warning("re-cosigning failed", extra={"error": str(exc)})
@@ -403,7 +437,7 @@ def restore_raft(member: str, cluster: ClusterConfig, hard: tuple[int, str | Non
     log_view = RaftLog.restore(((r.index, r.term) for r in rows),
                                (Entry(r.index, r.term, EntryKind(r.kind), r.data or b"")
                                 for r in rows if r.kind == EntryKind.CONFIG))
-    raft = RaftNode(member, membership=Membership(frozenset(m.id for m in cluster.members)),
+    raft = RaftNode(member, membership=Membership(cluster.voters),
                     hard_state=HardState(hard[0], hard[1]), log=log_view,
                     rng=random.Random(time.time_ns() ^ hash(member)),
                     election_ticks=cluster.election_ticks,

@@ -1,0 +1,125 @@
+"""Voters added and removed one at a time, on the operator's signed word, while writes go on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from cliutil import cli
+from clusterproc import LocalCluster
+from factories import grant
+from nodeclient import now_ms, post, register_controller
+
+from client.verify_log import verify_log
+from ledger.signed import sign_batch
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster", nodes=3, spares=1)
+    c.start()
+    c.wait_leader(among=["n1", "n2", "n3"])
+    yield c
+    c.stop_all()
+
+
+def _voters(cluster: LocalCluster, member: str) -> list[str]:
+    info = cluster.info(member)
+    assert info is not None
+    return list(info["voters"])
+
+
+def _wait(predicate: object, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)  # polling a condition with a deadline
+
+
+def test_add_then_remove_a_voter_while_writing(cluster: LocalCluster) -> None:
+    assert _voters(cluster, "n1") == ["n1", "n2", "n3"]
+    acked: dict[bytes, int] = {}
+    changes_done = asyncio.Event()
+
+    async def writer(key: object, w: int) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+            seq = 0
+            while not changes_done.is_set():
+                t = now_ms()
+                batch = sign_batch([grant(subject=bytes([w]) + seq.to_bytes(4, "big")
+                                          + bytes([i]) * 27, consented_at=t,
+                                          valid_until=t + 10**9) for i in range(10)],
+                                   key)  # type: ignore[arg-type]
+                seq += 1
+                status, body, _ = await post(s, cluster.url("n2"), batch)
+                if status == 200:
+                    for signed, result in zip(batch, body["results"], strict=True):
+                        acked[signed.id] = result["index"]
+                else:
+                    assert status == 503, body
+                    await asyncio.sleep(0.01)  # a retry back-off
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as s:
+            key = await register_controller(s, cluster.url("n2"), cluster.operator_key)
+        writers = [asyncio.create_task(writer(key, w)) for w in range(3)]
+        try:
+            for action, member in (("add", "n4"), ("remove", "n1")):
+                result = await asyncio.to_thread(
+                    cli, "cluster", action, "--dir", str(cluster.dir), "--member", member,
+                    "--via", cluster.url("n3"))
+                assert result.returncode == 0, result.stderr
+                assert "voters:" in result.stdout
+        finally:
+            changes_done.set()
+            await asyncio.gather(*writers)
+
+    asyncio.run(run())
+    assert len(acked) >= 10
+    _wait(lambda: _voters(cluster, "n4") == ["n2", "n3", "n4"], "n4 never saw itself added")
+    leader = cluster.wait_leader(among=["n2", "n3", "n4"])
+    size = max(acked.values()) + 1
+    cluster.wait_published("n4", size)  # the new voter caught up from the leader's log
+
+    # n1 is out: with n1 dead the three voters left still commit writes.
+    cluster.kill("n1")
+
+    async def write_more() -> int:
+        async with aiohttp.ClientSession() as s:
+            key = await register_controller(s, cluster.url(leader), cluster.operator_key,
+                                            controller="after.example")
+            t = now_ms()
+            status, body, _ = await post(s, cluster.url(leader), sign_batch(
+                [grant(controller="after.example", subject=bytes([9]) * 32,
+                       purposes=("dpv:Marketing",), consented_at=t, valid_until=t + 10**9)],
+                key))
+            assert status == 200, body
+            return int(body["results"][0]["index"])
+
+    last = asyncio.run(write_more())
+    cluster.wait_published("n4", last + 1)
+
+    async def verify() -> None:
+        async with aiohttp.ClientSession() as s:
+            verified = await verify_log(s, cluster.url("n4"), cluster.config.log_key)
+            for event_id, index in acked.items():
+                assert verified.state.index_of(event_id) == index
+
+    asyncio.run(verify())
+
+
+def test_a_membership_change_needs_the_operator_key(cluster: LocalCluster,
+                                                    tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger.key"
+    assert cli("keygen", "--out", str(stranger)).returncode == 0
+    result = cli("cluster", "add", "--dir", str(cluster.dir), "--member", "n4",
+                 "--operator-key", str(stranger))
+    assert result.returncode == 1
+    assert "operator" in result.stderr and "Traceback" not in result.stderr
+    assert _voters(cluster, "n1") == ["n1", "n2", "n3"]
+    result = cli("cluster", "add", "--dir", str(cluster.dir), "--member", "n9")
+    assert result.returncode == 1 and "not a member" in result.stderr
