@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from ledger.cosignature import CosignatureVerifier, new_cosignature_verifier
 from ledger.errors import NoteError
 from ledger.note import load_public_key, new_verifier, parse_verifier_key
-from node.config import ConfigError
+from node.config import ConfigError, read_toml
 
 _MEMBER_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _URL = re.compile(r"https?://[^\s/]+")
@@ -88,13 +87,7 @@ class ClusterConfig:
 
 
 def load_cluster(path: Path) -> ClusterConfig:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_cluster(raw, base=path.parent, where=str(path))
+    return parse_cluster(read_toml(path), base=path.parent, where=str(path))
 
 
 def parse_cluster(raw: dict[str, Any], *, base: Path, where: str) -> ClusterConfig:

@@ -20,7 +20,7 @@ from node.metrics import Metrics
 from node.recovery import recover
 from node.replica import Replica, restore_raft
 from node.replica_storage import ReplicaStorage
-from node.runtime import NodeRuntime, checkpoint_wal_every
+from node.runtime import NodeRuntime, checkpoint_wal_every, stop_sequencing
 from node.sequencer import Sequencer
 from node.verifier import SignatureVerifier
 
@@ -104,13 +104,8 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
         try:
             yield rt
         finally:
-            wal_task.cancel()
-            await asyncio.gather(wal_task, return_exceptions=True)
-            await sequencer.drain()
-            try:
-                await asyncio.wait_for(task, timeout=10)
-            except (TimeoutError, asyncio.CancelledError):
-                task.cancel()
+            # A batch waits on a majority that may be shutting down too: wait less.
+            await stop_sequencing(sequencer, task, wal_task, timeout=10)
     finally:
         if replica is not None:
             await replica.close()

@@ -89,17 +89,22 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's contents, or ConfigError in one line saying why not."""
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
 def load_config(*, file: Path | None = None, env: Mapping[str, str] | None = None,
                 **flags: Any) -> NodeConfig:
     """Merge file, environment and flags (flags whose value is None are ignored)."""
     values: dict[str, Any] = {}
     if file is not None:
-        try:
-            raw = tomllib.loads(file.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file} is not valid TOML: {exc}") from None
+        raw = read_toml(file)
         node = raw.get("node", raw)
         for key, value in node.items():
             if key not in _FIELDS:

@@ -82,6 +82,18 @@ async def checkpoint_wal_every(storage: Storage, seconds: float) -> None:
             log.exception("WAL checkpoint failed")
 
 
+async def stop_sequencing(sequencer: Sequencer, task: asyncio.Task[None],
+                          wal_task: asyncio.Task[None], *, timeout: float) -> None:
+    """Stop the WAL timer, finish the batch in flight (for at most `timeout` seconds)."""
+    wal_task.cancel()
+    await asyncio.gather(wal_task, return_exceptions=True)
+    await sequencer.drain()
+    try:
+        await asyncio.wait_for(task, timeout=timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        task.cancel()
+
+
 @contextlib.asynccontextmanager
 async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
     """Open storage, verify it, start the sequencer; on exit, finish the batch in flight."""
@@ -133,13 +145,7 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
             yield NodeRuntime(config, origin, log_vkey, operator_public, storage,
                               state, tree, sequencer, verifier, metrics)
         finally:
-            wal_task.cancel()
-            await asyncio.gather(wal_task, return_exceptions=True)
-            await sequencer.drain()
-            try:
-                await asyncio.wait_for(task, timeout=30)
-            except (TimeoutError, asyncio.CancelledError):
-                task.cancel()
+            await stop_sequencing(sequencer, task, wal_task, timeout=30)
     finally:
         verifier.close()
         await storage.close()
