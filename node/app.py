@@ -12,6 +12,7 @@ from node.api import add_routes
 from node.config import NodeConfig
 from node.problems import CONTENT_TYPE, ProblemResponse, problem
 from node.runtime import RUNTIME, open_runtime
+from node.verify_page import add_routes as add_verify_page
 
 log = logging.getLogger("consent_ledger.http")
 
@@ -58,6 +59,7 @@ def create_app(config: NodeConfig) -> web.Application:
 
     app.cleanup_ctx.append(runtime_ctx)
     add_routes(app)
+    add_verify_page(app)
     if config.cluster_file is not None:
         from node.cluster_api import add_cluster_routes
 
