@@ -25,6 +25,7 @@ from factories import grant, revoke
 from nodeclient import load_key, now_ms
 
 from client.consent import ConsentClient, Expired, Revoked, Withdrawn
+from client.errors import NodeUnavailableError, ProblemError
 from client.log_client import Accepted, LogClient
 from client.policy import CheckpointStale, TrustPolicy, parse_policy
 from client.receipts import load_held_grant
@@ -318,8 +319,23 @@ async def test_decisions_verify_across_a_leader_failover_and_the_store_advances_
         assert stored is not None and stored[1] == first.checkpoint
 
         cluster.kill(leader)  # SIGKILL
+        # During the election a decision is unavailable, never wrong: no verification
+        # error (a rollback or a fork) from the new leader, only "no leader yet".
+        deadline = time.monotonic() + 30
+        while True:
+            c.clear()
+            try:
+                again = await c.require("failover.example", before, PURPOSE)
+                break
+            except ProblemError as exc:
+                assert exc.code == "no-leader", exc
+            except NodeUnavailableError:
+                pass
+            assert time.monotonic() < deadline, "no verified decision after the failover"
+            await asyncio.sleep(0.05)  # polling a condition with a deadline
+        assert again.checkpoint.size >= first.checkpoint.size
         new_leader = cluster.wait_leader(among=survivors)
-        g, after = await granted(log, key, "failover.example")  # retried through the election
+        g, after = await granted(log, key, "failover.example")
         proofs = requests.count("/v1/proofs/consistency")
         decision = await c.require("failover.example", after, PURPOSE)
         c.forget("failover.example", before, PURPOSE)
