@@ -199,6 +199,8 @@ def test_trusting_the_node_key_works_and_says_so(granted: Granted, tmp_path: Pat
      "The inclusion proof does not lead from the log entry to the checkpoint's root hash."),
     (tampered_proof_hash, "inclusion",
      "The inclusion proof does not lead from the log entry to the checkpoint's root hash."),
+    (lambda receipt: receipt.replace(b"\n\n", b"\n"), "format",
+     "The receipt is not a tlog-proof: it has no empty line before its checkpoint."),
     (tampered_signature, "checkpoint",
      "The checkpoint's signature by the log key verify-page.test/log (key ID {id}) does not "
      "verify."),

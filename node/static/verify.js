@@ -177,7 +177,8 @@ function render(v, file, trust) {
     fact(list, "Given on", `${when(event.consented_at)} (${event.collection_method}, ${event.jurisdiction}, language ${event.language})`);
     fact(list, "Valid until", when(event.valid_until));
     fact(list, "Data kept for", `${event.retention_days} days`);
-    fact(list, "To withdraw", `${event.withdrawal} — or with this receipt: consent-ledger revoke --receipt <file>`);
+    fact(list, "To withdraw", [event.withdrawal,
+      `or with this receipt: consent-ledger revoke --log ${location.origin} --receipt <file>`]);
     fact(list, "You, to the controller", `reference ${file.extra.subject_ref} (the log holds only a salted commitment: ${hex(event.subject)})`);
   } else {
     const how = event.by === "subject" ? "withdrawn by the person" : "revoked by the controller";
