@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 from cliutil import cli, ok
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nodeproc import NodeProcess
 
 from client.receipts import ReceiptExtra
+from ledger.cosignature import cosigner_verifier_key
 from ledger.note import Signature, format_signature_line, generate_key, split_note
 from ledger.tlog_proof import format_proof, parse_proof
 
@@ -224,3 +226,15 @@ def test_a_key_the_log_did_not_sign_with_is_not_trusted(granted: Granted,
     other_id = other.split("+")[1]
     assert page.text["reason"] == ("The checkpoint carries no signature by the log key you "
                                    f"trust ({ORIGIN}, key ID {other_id}).")
+
+
+def test_a_policy_whose_witness_quorum_is_not_met_is_not_satisfied(
+        granted: Granted, tmp_path: Path) -> None:
+    witness = cosigner_verifier_key("witness.example/w1", Ed25519PrivateKey.generate().public_key())
+    policy = (f"log {granted.vkey}\nwitness w1 {witness}\ngroup all-of-them all w1\n"
+              "quorum all-of-them\n")
+    page = open_page(granted, tmp_path, granted.receipt, trust=policy)
+    assert state(page) == "failed"
+    assert page.attrs["result"].get("data-part") == "checkpoint"
+    assert page.text["reason"] == ("The checkpoint's cosignatures do not meet your policy's "
+                                   "quorum all-of-them: it is cosigned by no witness you trust.")
