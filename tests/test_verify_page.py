@@ -5,7 +5,8 @@ URL fragment; the browser checks it with WebCrypto and the DOM must say "Verifie
 with the controller, purposes and notice, and "in force" from the node's proven
 status. Each tamper (a byte of the entry, a proof hash, the checkpoint signature) and
 a key the log did not sign with must read "Not verified" with one sentence naming
-what failed. Without a chromium binary the module is skipped, saying how to install it.
+what failed. Without a chromium binary the browser tests are skipped, saying how to
+install it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ledger.note import Signature, format_signature_line, generate_key, split_no
 from ledger.tlog_proof import format_proof, parse_proof
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium on PATH: install it with "
                              "`apt-get update && apt-get install -y chromium` (Debian/Ubuntu)")
 
@@ -169,6 +170,7 @@ def test_the_page_and_its_assets_are_served_with_a_same_origin_policy(
     assert missing.value.headers["Content-Type"].startswith("application/problem+json")
 
 
+@needs_chromium
 def test_a_valid_receipt_is_verified_and_read_out_in_plain_words(
         granted: Granted, tmp_path: Path) -> None:
     page = open_page(granted, tmp_path, granted.receipt, trust=granted.vkey)
@@ -189,6 +191,7 @@ def test_a_valid_receipt_is_verified_and_read_out_in_plain_words(
     assert page.text["status-summary"].startswith("In force now for every purpose")
 
 
+@needs_chromium
 def test_trusting_the_node_key_works_and_says_so(granted: Granted, tmp_path: Path) -> None:
     page = open_page(granted, tmp_path, granted.receipt, node_key=True)
     assert state(page) == "verified", page.text["reason"]
@@ -196,6 +199,7 @@ def test_trusting_the_node_key_works_and_says_so(granted: Granted, tmp_path: Pat
     assert "A dishonest node could serve its own key" in " ".join(page.text["trust-note"].split())
 
 
+@needs_chromium
 @pytest.mark.parametrize(("tamper", "part", "words"), [
     (tampered_entry, "inclusion",
      "The inclusion proof does not lead from the log entry to the checkpoint's root hash."),
@@ -218,6 +222,7 @@ def test_a_tampered_receipt_is_not_verified_and_the_page_names_what_failed(
     assert page.text["facts"] == ""
 
 
+@needs_chromium
 def test_a_key_the_log_did_not_sign_with_is_not_trusted(granted: Granted,
                                                          tmp_path: Path) -> None:
     _, other = generate_key(ORIGIN)
@@ -228,6 +233,7 @@ def test_a_key_the_log_did_not_sign_with_is_not_trusted(granted: Granted,
                                    f"trust ({ORIGIN}, key ID {other_id}).")
 
 
+@needs_chromium
 def test_a_policy_whose_witness_quorum_is_not_met_is_not_satisfied(
         granted: Granted, tmp_path: Path) -> None:
     witness = cosigner_verifier_key("witness.example/w1", Ed25519PrivateKey.generate().public_key())
