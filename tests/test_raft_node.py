@@ -21,6 +21,7 @@ from ledger.raft import (
     RaftNode,
     Ready,
     RequestVote,
+    TimeoutNow,
     VoteReply,
 )
 
@@ -358,3 +359,28 @@ def test_malformed_entries_from_a_peer_are_ignored_without_raising() -> None:
                   dst="b"))
     n.step(append(1, "a", (0, 0), [noop(1, 2)], dst="b"))  # entry above the message term
     assert n.last_index == 0
+
+
+def test_a_vote_granted_in_an_earlier_term_is_never_sent() -> None:
+    # Granted in term 1 but not yet persisted when term 2 arrives: the hard state that
+    # reaches the disk is term 2's, so the term-1 grant would be a promise never kept.
+    n = node("b")
+    n.step(RequestVote(1, "a", "b", 0, 0, pre_vote=False))
+    n.step(append(2, "c", (0, 0), [noop(1, 2)], dst="b"))
+    readies = flush(n)
+    assert [r.hard_state for r in readies if r.hard_state] == [HardState(2, None)]
+    assert not [m for m in sent(readies) if isinstance(m, VoteReply)]
+
+
+def test_a_vote_granted_before_campaigning_is_never_sent() -> None:
+    # The grant is in the Ready in flight; the node campaigns in the next term before
+    # that Ready is advanced, which would release the grant.
+    n = node("b")
+    n.step(RequestVote(1, "a", "b", 0, 0, pre_vote=False))
+    in_flight = n.ready()
+    assert in_flight.hard_state == HardState(1, "a")
+    n.step(TimeoutNow(1, "c", "b"))
+    assert n.role == "candidate" and n.term == 2
+    n.advance(in_flight)
+    grants = [m for m in sent(flush(n)) if isinstance(m, VoteReply) and m.granted]
+    assert grants == []

@@ -392,14 +392,21 @@ class RaftNode:
             # before the I/O layer could attach their payloads; they are stale anyway.
             self._outbox = [m for m in self._outbox if not isinstance(m, AppendEntries)]
         if term > self._term:
-            self._term = term
-            self._voted_for = None
+            self._enter_term(term)
         self._role = FOLLOWER
         self._leader_id = leader
         self._votes = {}
         self._progress = {}
         self._transfer_to = None
         self._reset_election_timer()
+
+    def _enter_term(self, term: int) -> None:
+        self._term = term
+        self._voted_for = None
+        # A vote granted in an earlier term and not yet sent may never reach the disk
+        # (the hard state of the new term replaces it), so it must not be sent at all.
+        self._waiting = [(need, m) for need, m in self._waiting if not _stale_grant(m, term)]
+        self._outbox = [m for m in self._outbox if not _stale_grant(m, term)]
 
     def _pre_campaign(self) -> None:
         self._role = PRE_CANDIDATE
@@ -415,7 +422,7 @@ class RaftNode:
                                        self._log.last_term, pre_vote=True))
 
     def _campaign(self) -> None:
-        self._term += 1
+        self._enter_term(self._term + 1)
         self._voted_for = self._id
         self._role = CANDIDATE
         self._leader_id = None
@@ -684,3 +691,7 @@ class RaftNode:
     def __repr__(self) -> str:
         return (f"RaftNode({self._id} {self._role} term={self._term} "
                 f"last={self._log.last_index} commit={self._commit})")
+
+
+def _stale_grant(msg: Message, term: int) -> bool:
+    return isinstance(msg, VoteReply) and msg.granted and not msg.pre_vote and msg.term < term
