@@ -8,7 +8,8 @@ import sys
 import time
 
 SUITES = ["bench.bench_merkle", "bench.bench_events", "bench.bench_smt", "bench.bench_node",
-          "bench.bench_status", "bench.bench_sdk", "bench.bench_cluster"]
+          "bench.bench_status", "bench.bench_sdk", "bench.bench_cluster",
+          "bench.bench_raft"]
 
 
 def main() -> None:
