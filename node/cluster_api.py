@@ -107,11 +107,23 @@ async def forward_to_leader(request: web.Request, replica: Replica,
             data = await resp.read()
             out = {k: v for k, v in resp.headers.items()
                    if k.lower() not in _HOP_HEADERS and k.lower() != "content-encoding"}
-            return web.Response(status=resp.status, body=data, headers=out)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise_problem("no-leader", f"the leader at {leader} did not answer ({exc}); retry",
                       headers={"Retry-After": "1"})
-    raise AssertionError("unreachable")
+    # The client will likely read back through this member what the leader's checkpoint
+    # covers (proofs, tiles): serve nothing older than what it was just told.
+    size = _checkpoint_size(data) if resp.status == 200 else None
+    if size is not None:
+        await request.app[RUNTIME].sequencer.wait_for_size(size, timeout=2.0)
+    return web.Response(status=resp.status, body=data, headers=out)
+
+
+def _checkpoint_size(body: bytes) -> int | None:
+    try:
+        note = json.loads(body).get("checkpoint")
+        return int(note.split("\n")[1]) if isinstance(note, str) else None
+    except (ValueError, AttributeError, IndexError):
+        return None
 
 
 MEMBERSHIP_PATH = "/v1/cluster/membership"

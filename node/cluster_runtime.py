@@ -91,6 +91,7 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
             signer=CosignatureSigner.from_private_key(
                 cluster.member(member.id).cosigner.name, node_key),
             guard=await load_guard(storage), storage=storage, tree=lambda: rt.tree,
+            durable_size=lambda: holder[0].durable_size if holder else 0,
             log_verifier=log_verifier, on_checkpoint=on_checkpoint)
         replica = Replica(rt=rt, cluster=cluster, member=member.id, node_key=node_key,
                           storage=storage, raft=raft, ends=ends, log_signer=signer,

@@ -48,13 +48,15 @@ async def load_guard(storage: ReplicaStorage) -> CosignGuard:
 class Cosigner:
     def __init__(self, *, cluster: ClusterConfig, signer: CosignatureSigner, guard: CosignGuard,
                  storage: ReplicaStorage, tree: Callable[[], MerkleTree],
-                 log_verifier: Ed25519Verifier,
+                 durable_size: Callable[[], int], log_verifier: Ed25519Verifier,
                  on_checkpoint: Callable[[Checkpoint, bytes], None]) -> None:
         self._cluster = cluster
         self._signer = signer
         self._guard = guard
         self._storage = storage
         self._tree = tree
+        self._durable_size = durable_size  # entries on disk: what this member can vouch for
+        self._pending: bytes | None = None  # a published checkpoint beyond them, for later
         self._log_verifier = log_verifier
         self._on_checkpoint = on_checkpoint
         self._lock = asyncio.Lock()
@@ -86,7 +88,8 @@ class Cosigner:
         async with self._lock:  # check, persist, sign: one at a time
             tree = self._tree()
             try:
-                self._guard.check(checkpoint.size, checkpoint.root, local_size=tree.size,
+                self._guard.check(checkpoint.size, checkpoint.root,
+                                  local_size=min(tree.size, self._durable_size()),
                                   local_root_at=tree.root)
             except CosignRefused as exc:
                 raise CosignError(str(exc)) from None
@@ -118,8 +121,17 @@ class Cosigner:
         except CosignError:
             return
         tree = self._tree()
-        if checkpoint.size <= tree.size and tree.root(checkpoint.size) == checkpoint.root:
+        if checkpoint.size > min(tree.size, self._durable_size()):
+            self._pending = note  # served once its entries are on this member's disk
+            return
+        if tree.root(checkpoint.size) == checkpoint.root:
             self._on_checkpoint(checkpoint, note)
+
+    def entries_persisted(self) -> None:
+        """More entries are on disk: a published checkpoint waiting for them may be served."""
+        if self._pending is not None:
+            note, self._pending = self._pending, None
+            self.accept_published(note)
 
     # ---------------------------------------------------------------- as the leader
 

@@ -126,6 +126,11 @@ class Replica:
                     task.cancel()
 
     @property
+    def durable_size(self) -> int:
+        """How many ledger entries this member has on disk."""
+        return self._ends.get(self._persisted_last, 0)
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "start() first"
         return self._session
@@ -252,7 +257,9 @@ class Replica:
             genesis = SignedEvent.decode(self.cluster.genesis)
             (future,) = self._rt.sequencer.submit([(genesis, False)])
             outcome = await future
-            log.info("genesis", extra={"outcome": repr(outcome)})
+            log.info("genesis written", extra={
+                "outcome": getattr(outcome, "index", None) if not isinstance(
+                    outcome, Exception) else str(outcome)})
         except Exception as exc:  # a later leader tries again
             log.warning("genesis not written", extra={"error": str(exc)})
 
@@ -305,6 +312,7 @@ class Replica:
                                   entries=ledger_rows)
         if rows:
             self._persisted_last = rows[-1].index
+            self.cosigner.entries_persisted()
         for message in rd.messages:
             link = self.links.get(message.dst)
             if link is not None:
@@ -421,11 +429,12 @@ class Replica:
                 continue
             if self.published_size < self.committed_size:
                 continue  # the publisher is about to cosign a newer one
+            size = self.published_size  # the size of the checkpoint re-cosigned here
             try:
                 note = await self.cosigner.gather(self._rt.sequencer.checkpoint, self.links,
                                                   wait_all=True, timeout=period,
                                                   quorum=self.raft.membership.quorum)
-                self._rt.sequencer.published(self.published_size, note)
+                self._rt.sequencer.published(size, note)
             except Exception as exc:
                 log.warning("re-cosigning failed", extra={"error": str(exc)})
 

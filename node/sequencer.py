@@ -92,6 +92,7 @@ class Sequencer:
         self._failed: BaseException | None = None
         self.committed_size = tree.size
         self.checkpoint = checkpoint
+        self._size_waiters: list[tuple[int, asyncio.Future[None]]] = []
         # Set while the status map is the one the latest checkpoint commits to.
         self.map_stable = asyncio.Event()
         self.map_stable.set()
@@ -124,6 +125,30 @@ class Sequencer:
         """A newer (or newly cosigned) checkpoint to serve, published by the cluster."""
         if size >= self.committed_size:
             self.committed_size, self.checkpoint = size, checkpoint
+            self._wake_size_waiters()
+
+    async def wait_for_size(self, size: int, timeout: float) -> bool:
+        """Whether the served log reaches `size` within `timeout` seconds.
+
+        A cluster member can be a moment behind the leader whose checkpoint a client just
+        received (through this member); waiting here gives it read-your-writes."""
+        if self.committed_size >= size:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._size_waiters.append((size, waiter))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if (size, waiter) in self._size_waiters:
+                self._size_waiters.remove((size, waiter))
+        return self.committed_size >= size
+
+    def _wake_size_waiters(self) -> None:
+        for size, waiter in self._size_waiters:
+            if size <= self.committed_size and not waiter.done():
+                waiter.set_result(None)
 
     @property
     def healthy(self) -> bool:
@@ -213,6 +238,7 @@ class Sequencer:
                 raise
             self.committed_size = tree.size
             self.checkpoint = note
+            self._wake_size_waiters()
             self.map_stable.set()
             self._metrics.observe_commit(len(rows), time.perf_counter() - started, tree.size)
         done = time.perf_counter()
