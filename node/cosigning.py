@@ -140,13 +140,15 @@ class Cosigner:
                      quorum: int | None = None) -> bytes:
         """`note` with this member's and its peers' cosignatures: a majority, or all."""
         need = quorum if quorum is not None else self._cluster.quorum  # of the voters now
-        lines = [await self.cosign(note)]
         body = msgpack.packb({"checkpoint": note, "published": self.latest},
                              use_bin_type=True)
         pending = {asyncio.ensure_future(link.post(COSIGN_PATH, body, timeout=timeout)):
                    peer for peer, link in links.items()}
         deadline = time.monotonic() + timeout
         try:
+            # Our own cosignature (a guard write, synced) while the peers check theirs:
+            # publication waits for the slower of the two, not for their sum.
+            lines = [await self.cosign(note)]
             while pending and (wait_all or len(lines) < need):
                 done, _ = await asyncio.wait(pending, timeout=deadline - time.monotonic(),
                                              return_when=asyncio.FIRST_COMPLETED)
