@@ -24,8 +24,11 @@ open loop (no coordinated omission). Targets:
   and the reason printed.
 
 CPU is each member's user+system time over the scenario (/proc/PID/stat), in % of one
-core; "gen" is this process, the load generator. The load average is printed per run:
-the machine is shared, so run several times (--runs) and read the ranges. events/s
+core, busiest member first (in a cluster, usually the leader); "gen" is this process,
+the load generator. A cluster scenario during which the leader changed says so: an
+election fails the writes in flight (503, resubmitted after Retry-After). The load
+average is printed per run: the machine is shared, so run several times (--runs) and
+read the ranges. events/s
 counts acknowledged events only (a 503 is retried after its Retry-After, as clients
 must); a latency of "-" means no request was acknowledged in the scenario.
 """
@@ -95,10 +98,12 @@ class Target:
     name: str
     urls: list[str]  # where clients send writes
     pids: list[int]  # whose CPU is measured
+    leader: Callable[[], str | None] = lambda: None
     results: list[Result] = field(default_factory=list)
 
     @contextmanager
     def measure(self, scenario: str) -> Iterator[Callable[[float, list[float]], None]]:
+        leader = self.leader()
         before = [cpu_seconds(p) for p in self.pids]
         gen_before = time.process_time()
         started = time.perf_counter()
@@ -108,7 +113,13 @@ class Target:
             cpu = [100 * (cpu_seconds(p) - b) / elapsed for p, b in zip(self.pids, before,
                                                                           strict=True)]
             gen = 100 * (time.process_time() - gen_before) / elapsed
-            result = Result(self.name, scenario, rate, percentile(latencies, 50),
+            cpu.sort(reverse=True)
+            now = self.leader()
+            if now != leader:
+                scenario_ = f"{scenario} [leader changed: {leader} -> {now}]"
+            else:
+                scenario_ = scenario
+            result = Result(self.name, scenario_, rate, percentile(latencies, 50),
                             percentile(latencies, 99),
                             cpu, gen)
             self.results.append(result)
@@ -131,7 +142,8 @@ def row(r: Result) -> str:
             f"| {cpu} | {r.gen:.0f} |")
 
 
-HEADER = ("| target | scenario | events/s | p50 ms | p99 ms | CPU % per member | gen CPU % |\n"
+HEADER = ("| target | scenario | events/s | p50 ms | p99 ms | CPU % per member, busiest first "
+          "| gen CPU % |\n"
           "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 
 
@@ -242,11 +254,21 @@ async def cluster(directory: Path, events: int, seconds: float,
         key = await register_controller(local.url(leader), local.dir / "keys")
         await check_cosigned_reply(local.url(members[0] if members[0] != leader
                                              else members[1]), key, local.config.quorum)
-        spread = Target(f"cluster ({', '.join(members)}; {leader} leads), all members",
-                        [local.url(m) for m in members], pids)
+        def leader_now() -> str | None:
+            for m in members:
+                info = local.info(m)
+                if info and info["role"] == "leader":
+                    return m
+            return None
+
+        print(f"(cluster members {', '.join(members)}; {leader} leads)", flush=True)
+        spread = Target("3-member cluster, writes to all members",
+                        [local.url(m) for m in members], pids, leader_now)
         await ledger_scenarios(spread, key, events, seconds)
         now = local.wait_leader()
-        only = Target(f"cluster, leader {now} only", [local.url(now)], pids)
+        print(f"({now} leads)", flush=True)
+        only = Target("3-member cluster, writes to the leader", [local.url(now)], pids,
+                      leader_now)
         await ledger_scenarios(only, key, events, seconds)
         return [spread, only]
     finally:
@@ -427,8 +449,11 @@ def ranges(runs: list[list[Result]]) -> None:
     print(f"\n### {len(runs)} runs: ranges\n{HEADER}", flush=True)
     for rows in zip(*runs, strict=True):
         first = rows[0]
-        scenario = first.scenario.split(" (")[0] if first.scenario.startswith("half") \
-            else first.scenario
+        scenario = first.scenario.split(" [")[0].split(" (")[0] \
+            if first.scenario.startswith("half") else first.scenario.split(" [")[0]
+        elections = sum(1 for r in rows if "leader changed" in r.scenario)
+        if elections:
+            scenario += f" [leader changed in {elections} of {len(rows)} runs]"
         cpu = " ".join(span([r.cpu[m] for r in rows], ".0f") for m in range(len(first.cpu)))
         print(f"| {first.target} | {scenario} | {span([r.rate for r in rows], ',.0f')} "
               f"| {span([r.p50 for r in rows], '.1f')} | {span([r.p99 for r in rows], '.1f')} "
