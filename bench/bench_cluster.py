@@ -24,11 +24,11 @@ open loop (no coordinated omission). Targets:
   and the reason printed.
 
 CPU is each member's user+system time over the scenario (/proc/PID/stat), in % of one
-core, busiest member first (in a cluster, usually the leader); "gen" is this process,
-the load generator. A cluster scenario during which the leader changed says so: an
-election fails the writes in flight (503, resubmitted after Retry-After). The load
-average is printed per run: the machine is shared, so run several times (--runs) and
-read the ranges. events/s
+core, busiest member first (in a cluster, usually the leader), and all members' CPU
+time per acknowledged event; "gen" is this process, the load generator. A cluster
+scenario during which the leader changed says so: an election fails the writes in
+flight (503, resubmitted after Retry-After). The load average is printed per run: the
+machine is shared, so run several times (--runs) and read the ranges. events/s
 counts acknowledged events only (a 503 is retried after its Retry-After, as clients
 must); a latency of "-" means no request was acknowledged in the scenario.
 """
@@ -136,15 +136,22 @@ def ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1f}"
 
 
+def cpu_per_event(r: Result) -> float:
+    """All members' CPU time per acknowledged event, in microseconds."""
+    return sum(r.cpu) / 100 / r.rate * 1e6 if r.rate else math.nan
+
+
 def row(r: Result) -> str:
     cpu = " ".join(f"{c:.0f}" for c in r.cpu)
+    per_event = cpu_per_event(r)
     return (f"| {r.target} | {r.scenario} | {r.rate:,.0f} | {ms(r.p50)} | {ms(r.p99)} "
-            f"| {cpu} | {r.gen:.0f} |")
+            f"| {cpu} | {'-' if math.isnan(per_event) else f'{per_event:.0f}'} "
+            f"| {r.gen:.0f} |")
 
 
 HEADER = ("| target | scenario | events/s | p50 ms | p99 ms | CPU % per member, busiest first "
-          "| gen CPU % |\n"
-          "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+          "| members' CPU µs/event | gen CPU % |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 
 
 def split(items: Sequence[bytes], parts: int) -> list[list[bytes]]:
@@ -457,7 +464,8 @@ def ranges(runs: list[list[Result]]) -> None:
         cpu = " ".join(span([r.cpu[m] for r in rows], ".0f") for m in range(len(first.cpu)))
         print(f"| {first.target} | {scenario} | {span([r.rate for r in rows], ',.0f')} "
               f"| {span([r.p50 for r in rows], '.1f')} | {span([r.p99 for r in rows], '.1f')} "
-              f"| {cpu} | {span([r.gen for r in rows], '.0f')} |", flush=True)
+              f"| {cpu} | {span([cpu_per_event(r) for r in rows], '.0f')} "
+              f"| {span([r.gen for r in rows], '.0f')} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
