@@ -54,8 +54,9 @@ class ClusterConfig:
     members: tuple[Member, ...]
     genesis: bytes | None = None
     tick_ms: int = 10
-    election_ticks: tuple[int, int] = (30, 60)
-    heartbeat_ticks: int = 5
+    # 1–2 s, as etcd: a loaded follower re-verifying a large batch must not look dead.
+    election_ticks: tuple[int, int] = (100, 200)
+    heartbeat_ticks: int = 10
     recosign_ms: int = 1000
 
     def member(self, member_id: str) -> Member:

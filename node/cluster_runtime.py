@@ -26,6 +26,8 @@ from node.verifier import SignatureVerifier
 
 log = logging.getLogger("consent_ledger.node")
 
+CLUSTER_MAX_BATCH = 1000
+
 
 @contextlib.asynccontextmanager
 async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
@@ -74,7 +76,9 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
             checkpoint=checkpoint or sign_checkpoint(Checkpoint(cluster.origin, 0,
                                                                 tree.root(0)), signer),
             metrics=metrics, max_queue=config.max_queue,
-            max_commit_entries=config.max_commit_entries)
+            # Each member re-verifies a batch in one go on its event loop: smaller batches
+            # keep its heartbeats and votes flowing under load.
+            max_commit_entries=min(config.max_commit_entries, CLUSTER_MAX_BATCH))
         sequencer.committed_size = published
         operator = state.keys[state.operator_key_id].public_key \
             if state.operator_key_id is not None else b""
