@@ -47,6 +47,10 @@ async def post_events(request: web.Request) -> web.Response:
         from node.cluster_api import forward_to_leader
 
         return await forward_to_leader(request, rt.replica, await request.read())
+    if rt.sequencer.full:  # shed load before reading and decoding: that is the costly part
+        rt.metrics.overloaded += 1
+        raise_problem("overloaded", "the write queue is full; retry in 1 s",
+                      headers={"Retry-After": "1"})
     items, single = await _read_events(request, rt)
     verdicts = await rt.verifier.verify(rt.state, items)
     outcomes: list[Accepted | RejectedError | None] = [

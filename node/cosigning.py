@@ -45,6 +45,11 @@ async def load_guard(storage: ReplicaStorage) -> CosignGuard:
     return CosignGuard(int(size), bytes(root))
 
 
+def _retrieve(task: asyncio.Future[bytes]) -> None:
+    if not task.cancelled():
+        task.exception()  # a late failure of an answer no longer awaited
+
+
 class Cosigner:
     def __init__(self, *, cluster: ClusterConfig, signer: CosignatureSigner, guard: CosignGuard,
                  storage: ReplicaStorage, tree: Callable[[], MerkleTree],
@@ -160,8 +165,9 @@ class Cosigner:
                     if sig is not None:
                         lines.append(sig)
         finally:
-            for task in pending:
+            for task in pending:  # stragglers: the next re-cosigning round asks them again
                 task.cancel()
+                task.add_done_callback(_retrieve)
         cosigned = add_cosignatures(note, lines)
         if len(lines) >= need:
             self.latest = cosigned

@@ -99,6 +99,11 @@ class Sequencer:
 
     # ---------------------------------------------------------------- submitting
 
+    @property
+    def full(self) -> bool:
+        """No room for more: refuse a request before spending CPU on its body."""
+        return len(self._queue) >= self._max_queue
+
     def submit(self, items: Sequence[tuple[SignedEvent, bool]]) -> list[asyncio.Future[Outcome]]:
         """Queue (event, signature already verified) pairs; futures resolve once durable."""
         if self._failed is not None or self._closing:
