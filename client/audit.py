@@ -43,7 +43,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from client.audit_report import FactCollector, Facts
-from client.errors import ClientError
+from client.errors import ClientError, ReplyError
+from client.http_session import read_capped
 from ledger import merkle
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.entry import LogEntry
@@ -195,7 +196,10 @@ class TileSource:
                 async with self._slots, self._session.get(url) as resp:
                     self.requests += 1
                     if resp.status == 200:
-                        data = await _read_capped(resp, limit, url)
+                        try:
+                            data = await read_capped(resp, limit)
+                        except ReplyError as exc:
+                            raise FetchError(f"GET {url}: {exc}") from None
                         self.bytes_fetched += len(data)
                         return data
                     if resp.status != 503 or attempt == 3:
@@ -205,19 +209,6 @@ class TileSource:
                     raise FetchError(f"GET {url}: {exc or type(exc).__name__}") from None
             await asyncio.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
-    if resp.content_length is not None and resp.content_length > limit:
-        raise FetchError(f"GET {url}: {resp.content_length} bytes, more than {limit}")
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := await resp.content.read(64 * 1024):
-        total += len(chunk)
-        if total > limit:
-            raise FetchError(f"GET {url}: more than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _in_order(source: TileSource, tiles: Sequence[TileId]

@@ -40,8 +40,8 @@ import aiohttp
 
 from client.decisions import DEFAULT_MAX_ENTRIES, DecisionCache
 from client.errors import ClientError, NodeUnavailableError, ProblemError, ReplyError
-from client.http_session import SessionOwner
-from client.log_client import MAX_REPLY, _hashes, _json_or_text, _read_capped
+from client.http_session import SessionOwner, read_capped
+from client.log_client import MAX_REPLY, _hashes, _json_or_text
 from client.policy import TrustedCheckpoint, TrustPolicy
 from client.status import StatusDecision, StatusRootCache, verify_status
 from client.trust_store import TrustStore, TrustStoreChanged
@@ -266,7 +266,7 @@ class ConsentClient(SessionOwner):
             try:
                 async with self._http().get(url, params=params) as resp:
                     if resp.status == 200:
-                        data = await _read_capped(resp, MAX_REPLY)
+                        data = await read_capped(resp, MAX_REPLY)
                         try:
                             return json.loads(data)
                         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):

@@ -1,4 +1,4 @@
-"""The HTTP session a client either borrows from its caller or owns and closes."""
+"""HTTP plumbing of the clients: a session borrowed or owned, and bounded reads."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from types import TracebackType
 from typing import Self
 
 import aiohttp
+
+from client.errors import ReplyError
 
 
 class SessionOwner:
@@ -34,3 +36,19 @@ class SessionOwner:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s))
         return self._session
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or ReplyError as soon as it exceeds `limit` bytes.
+
+    A server could stream without end (or lie in Content-Length): stop reading early."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise ReplyError(f"{resp.url.path}: reply of {resp.content_length} bytes is too large")
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await resp.content.read(64 * 1024):
+        total += len(chunk)
+        if total > limit:
+            raise ReplyError(f"{resp.url.path}: reply is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -29,7 +29,7 @@ from client.errors import (
     ProblemError,
     ReplyError,
 )
-from client.http_session import SessionOwner
+from client.http_session import SessionOwner, read_capped
 from client.wire import encode_batch
 from ledger import merkle
 from ledger.checkpoint import Checkpoint, open_checkpoint
@@ -335,17 +335,17 @@ class LogClient(SessionOwner):
         return await self._request("GET", path, self._read_json)
 
     async def _read_json(self, resp: aiohttp.ClientResponse) -> Any:
-        data = await _read_capped(resp, MAX_REPLY)
+        data = await read_capped(resp, MAX_REPLY)
         try:
             return json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise ReplyError(f"{resp.method} {resp.url.path}: the reply is not JSON") from None
 
     async def _read_bytes(self, resp: aiohttp.ClientResponse) -> bytes:
-        return await _read_capped(resp, MAX_REPLY)
+        return await read_capped(resp, MAX_REPLY)
 
     async def _read_tile(self, resp: aiohttp.ClientResponse) -> bytes:
-        return await _read_capped(resp, MAX_TILE)
+        return await read_capped(resp, MAX_TILE)
 
     async def _request(self, method: str, path: str,
                        read: Callable[[aiohttp.ClientResponse], Awaitable[T]],
@@ -379,22 +379,8 @@ class LogClient(SessionOwner):
 # ---------------------------------------------------------------- helpers
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    # A node could stream without end; stop reading as soon as it exceeds the limit.
-    if resp.content_length is not None and resp.content_length > limit:
-        raise ReplyError(f"{resp.url.path}: reply of {resp.content_length} bytes is too large")
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := await resp.content.read(64 * 1024):
-        total += len(chunk)
-        if total > limit:
-            raise ReplyError(f"{resp.url.path}: reply is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _json_or_text(resp: aiohttp.ClientResponse) -> Any:
-    data = await _read_capped(resp, 64 * 1024)
+    data = await read_capped(resp, 64 * 1024)
     try:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):

@@ -32,6 +32,8 @@ from pathlib import Path
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from client.errors import ReplyError
+from client.http_session import read_capped
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.cosignature import (
     CosignatureSigner,
@@ -413,15 +415,9 @@ class Mirror:
             async with session.get(url) as resp:
                 if resp.status != 200:
                     raise PullError(f"GET {url} answered {resp.status}")
-                if resp.content_length is not None and resp.content_length > limit:
-                    raise PullError(f"GET {url}: {resp.content_length} bytes, over {limit}")
-                chunks, total = [], 0
-                while chunk := await resp.content.read(64 * 1024):
-                    total += len(chunk)
-                    if total > limit:
-                        raise PullError(f"GET {url}: more than {limit} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                return await read_capped(resp, limit)
+        except ReplyError as exc:
+            raise PullError(f"GET {url}: {exc}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PullError(f"GET {url}: {exc or type(exc).__name__}") from None
 
