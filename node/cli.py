@@ -8,12 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from aiohttp import web
 
 from client.command import one_line
 from client.errors import ClientError
@@ -21,6 +18,7 @@ from ledger.errors import LedgerError
 from node.app import create_app
 from node.config import ConfigError, NodeConfig, load_config
 from node.logs import setup_logging
+from node.serving import serve_until_signalled
 from node.storage import StorageError
 
 NODE_COMMANDS = ("node", "up", "cluster", "mirror")
@@ -41,24 +39,8 @@ def _config(args: argparse.Namespace) -> NodeConfig:
 
 
 async def _serve(config: NodeConfig) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=1024)
-    await site.start()
-    port = runner.addresses[0][1]
-    url = f"http://{config.host}:{port}"
-    print(f"consent-ledger node listening on {url}", flush=True)
-    try:
-        await stop.wait()
-        print("consent-ledger node: shutting down after the batch in flight", flush=True)
-    finally:
-        await runner.cleanup()
-    return 0
+    return await serve_until_signalled(create_app(config), config.host, config.port,
+                                       name="consent-ledger node")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from node.logs import setup_logging
 from node.mirror import Mirror
 from node.problems import CONTENT_TYPE, problem
 from node.read_api import SERVED_LOG, add_read_routes
+from node.serving import serve_until_signalled
 from node.storage import StorageError
 
 log = logging.getLogger("consent_ledger.mirror")
@@ -196,23 +196,10 @@ def parse_args(argv: Sequence[str]) -> MirrorConfig:
 
 
 async def serve(config: MirrorConfig) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     app = create_mirror_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
-        port = runner.addresses[0][1]
-        print(f"consent-ledger mirror listening on http://{config.host}:{port}", flush=True)
-        print(f"cosigner key  {app[MIRROR].cosigner_vkey}", flush=True)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-    return 0
+    return await serve_until_signalled(
+        app, config.host, config.port, name="consent-ledger mirror",
+        announce=lambda url: print(f"cosigner key  {app[MIRROR].cosigner_vkey}", flush=True))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -36,8 +36,10 @@ from ledger.errors import LedgerError, RejectedError
 from ledger.events import StatusRoot
 from ledger.note import Ed25519Signer, Ed25519Verifier
 from ledger.raft.log import RaftLog
+from ledger.raft.membership import Membership
 from ledger.raft.messages import Entry, EntryKind, HardState, Message, Ready
-from ledger.raft.node import NotLeaderError, RaftNode
+from ledger.raft.node import MembershipChangeError, NotLeaderError, RaftNode
+from ledger.signed import SignedEvent
 from node.cluster_config import ClusterConfig
 from node.cosigning import Cosigner
 from node.local_commit import touched_tiles
@@ -111,9 +113,9 @@ class Replica:
         if self._session is not None:
             await self._session.close()
 
-    async def _guarded(self, body: Callable[[], object]) -> None:
+    async def _guarded(self, body: Callable[[], Awaitable[None]]) -> None:
         try:
-            await body()  # type: ignore[misc]
+            await body()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -186,9 +188,6 @@ class Replica:
                                 remove: str | None = None) -> frozenset[str]:
         """Add or remove one voter (a member pinned in the cluster file); the new voters
         once the change is committed."""
-        from ledger.raft.membership import Membership
-        from ledger.raft.node import MembershipChangeError
-
         voters = set(self.raft.membership.voters)
         if add is not None:
             self.cluster.member(add)  # pinned, with a URL and a key
@@ -239,7 +238,7 @@ class Replica:
         if leader and not self._was_leader:
             log.info("became leader", extra={"term": self.raft.term})
             if self._rt.state.size == 0 and self.cluster.genesis is not None:
-                asyncio.get_running_loop().create_task(self._submit_genesis())
+                self._tasks.append(asyncio.create_task(self._submit_genesis(), name="genesis"))
         if self._was_leader and not leader:
             log.info("lost leadership", extra={"term": self.raft.term,
                                                "leader": self.raft.leader_id})
@@ -250,8 +249,6 @@ class Replica:
         self._was_leader = leader
 
     async def _submit_genesis(self) -> None:
-        from ledger.signed import SignedEvent
-
         assert self.cluster.genesis is not None
         try:
             genesis = SignedEvent.decode(self.cluster.genesis)
@@ -280,7 +277,8 @@ class Replica:
                 del self._ends[index]
                 self._payloads.pop(index, None)
                 self._proposed.pop(index, None)
-            self._fail_waiters(lambda i: i > rd.truncate_after,  # type: ignore[operator]
+            after = rd.truncate_after
+            self._fail_waiters(lambda i: i > after,
                                "the write was overwritten by a new leader; resubmit it")
             self._dirty = True
         if self._dirty:
@@ -441,8 +439,6 @@ class Replica:
 
 def restore_raft(member: str, cluster: ClusterConfig, hard: tuple[int, str | None],
                  rows: list[RaftRow]) -> tuple[RaftNode, dict[int, int]]:
-    from ledger.raft.membership import Membership
-
     log_view = RaftLog.restore(((r.index, r.term) for r in rows),
                                (Entry(r.index, r.term, EntryKind(r.kind), r.data or b"")
                                 for r in rows if r.kind == EntryKind.CONFIG))

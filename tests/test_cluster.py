@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -24,7 +25,7 @@ from node.peers import RAFT_PATH
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> LocalCluster:
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path / "cluster")
     c.start()
     c.wait_leader()

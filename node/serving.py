@@ -1,0 +1,32 @@
+"""Serve an aiohttp app on one address until SIGINT or SIGTERM, then clean up."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+
+async def serve_until_signalled(app: web.Application, host: str, port: int, *, name: str,
+                                announce: Callable[[str], None] | None = None) -> int:
+    """Print `<name> listening on URL` (tests and operators read it), then serve."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()  # opens the app's resources: a failure here leaves nothing behind
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        url = f"http://{host}:{runner.addresses[0][1]}"
+        print(f"{name} listening on {url}", flush=True)
+        if announce is not None:
+            announce(url)
+        await stop.wait()
+        print(f"{name}: shutting down after the work in flight", flush=True)
+    finally:
+        await runner.cleanup()
+    return 0
