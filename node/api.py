@@ -246,11 +246,7 @@ async def get_status(request: web.Request) -> web.Response:
         from node.cluster_api import forward_to_leader
 
         return await forward_to_leader(request, rt.replica, None)
-    while not rt.sequencer.map_stable.is_set():  # a batch's root is being committed
-        await rt.sequencer.map_stable.wait()
-    if not rt.sequencer.healthy:
-        raise_problem("unavailable", "the sequencer has stopped after a storage failure",
-                      headers={"Retry-After": "5"})
+    await _map_settled(rt)
     # From here to the response nothing awaits until the proofs are taken, so the map,
     # the tree and the checkpoint are the ones of the same committed batch.
     size = rt.sequencer.committed_size
@@ -269,6 +265,31 @@ async def get_status(request: web.Request) -> web.Response:
         "inclusion_proof": [b64(h) for h in inclusion],
         "checkpoint": checkpoint.decode(),
     })
+
+
+async def _map_settled(rt: NodeRuntime) -> None:
+    """Wait until the status map is the one the served checkpoint commits to.
+
+    While a batch is being committed its root is not yet in a checkpoint; and a member
+    that has just been elected holds entries (its predecessor's last ones, at least the
+    genesis) that no checkpoint of its own covers yet: it publishes one within moments.
+    """
+    deadline = asyncio.get_running_loop().time() + 2.0
+    while True:
+        sequencer = rt.sequencer
+        if not sequencer.map_stable.is_set():
+            await sequencer.map_stable.wait()
+            continue
+        if not sequencer.healthy:
+            raise_problem("unavailable", "the sequencer has stopped after a storage failure",
+                          headers={"Retry-After": "5"})
+        if 0 < sequencer.committed_size == rt.tree.size:
+            return
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0 or not await sequencer.wait_for_size(max(rt.tree.size, 1), left):
+            raise_problem("no-leader", "this member has just been elected and has not yet "
+                          "published a checkpoint covering its log; retry shortly",
+                          headers={"Retry-After": "1"})
 
 
 async def get_keys(request: web.Request) -> web.Response:
