@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from ledger.codec import decoder_of, pack, unpack
+from ledger.codec import decoder_of, pack, unpack, unpack_canonical
 from ledger.commitment import TOKEN_SIZE
 from ledger.errors import (
     DecodeError,
@@ -181,7 +181,15 @@ def decode_body(data: bytes, *, max_items: int = MAX_BATCH_ITEMS
 
     The body must be exactly the canonical encoding of what it holds.
     """
-    value = unpack(data, max_size=max_items * SignedEvent.MAX_SIZE + _ARRAY_HEADER)
+    max_size = max_items * SignedEvent.MAX_SIZE + _ARRAY_HEADER
+    plain = unpack_canonical(data, max_size=max_size)
+    if type(plain) is dict and plain:
+        return _envelope(plain, "")
+    if type(plain) is list and plain and all(type(v) is dict for v in plain):
+        _check_count(len(plain), max_items)
+        return [_envelope(v, f"[{i}]") for i, v in enumerate(plain)]
+    # Not canonical, or not envelopes: the slow path names what is wrong.
+    value = unpack(data, max_size=max_size)
     if type(value) is not list:
         raise FieldTypeError("the body must be an envelope map or an array of them")
     if not value:
@@ -202,10 +210,15 @@ def decode_body(data: bytes, *, max_items: int = MAX_BATCH_ITEMS
 
 
 def _envelope(value: Any, path: str) -> SignedEvent:
-    if type(value) is not list or any(
-            type(p) is not tuple or type(p[0]) is not str for p in value):
+    if type(value) is dict:
+        keys = list(value)
+    elif type(value) is list and all(type(p) is tuple for p in value):
+        keys = [k for k, _ in value]
+    else:
+        keys = [None]
+    if any(type(k) is not str for k in keys):
         raise FieldTypeError("expected an envelope map with string keys", field=path or None)
-    for key, _ in value:
+    for key in keys:
         # Checked here, not left to decode_map, so that every error naming a field
         # outside _ENVELOPE_FIELDS is known to come from inside the event.
         if key not in _ENVELOPE_FIELDS:

@@ -82,6 +82,31 @@ def unpack(data: bytes, *, max_size: int) -> Any:
         raise MalformedError(f"not valid msgpack: {exc}") from None
 
 
+def unpack_canonical(data: bytes, *, max_size: int) -> Any:
+    """Plain values with maps as dicts, if `data` is exactly their canonical encoding.
+
+    None otherwise: the caller then decodes with `unpack`, whose pairs let the error name
+    what is wrong (a duplicate key, a field out of order, the first differing byte).
+    The canonical encoding of a value is the one msgpack's packer makes: smallest
+    formats, keys in the order given. A dict keeps the order of the input and drops a
+    repeated key, so re-packing it gives back `data` only if `data` had neither a wider
+    format than needed nor a repeated key: one C-level pack decides what re-encoding
+    the decoded record would, at a fraction of the cost.
+    """
+    if len(data) > max_size:
+        return None
+    try:
+        value = msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True, ext_hook=_no_ext,
+            max_str_len=max_size, max_bin_len=max_size, max_array_len=max_size,
+            max_map_len=max_size)
+        if msgpack.packb(value, use_bin_type=True) != data:
+            return None
+    except Exception:  # whatever it is, `unpack` names it
+        return None
+    return value
+
+
 # ---------------------------------------------------------------- field specs
 
 
@@ -139,18 +164,24 @@ class Text(Spec):
     choices: frozenset[str] | None = None
     _regex: re.Pattern[str] | None = dataclasses.field(default=None, init=False, repr=False,
                                                        compare=False)
+    # Strings this spec has accepted: controllers, purposes, categories, URLs repeat in
+    # nearly every event, and a set lookup costs a fraction of the checks. Bounded, so
+    # that a flood of distinct strings only falls back to checking.
+    _known: set[str] = dataclasses.field(default_factory=set, init=False, repr=False,
+                                         compare=False)
 
     def fast_test(self, var: str, prefix: str, ns: dict[str, Any]) -> str | None:
         if self.choices is not None:
             ns[prefix + "choices"] = self.choices
             return f"type({var}) is str and {var} in {prefix}choices"
-        if self._regex is not None:
-            ns[prefix + "regex"] = self._regex
-            return (f"type({var}) is str and len({var}) <= {self.max_len} "
-                    f"and {prefix}regex.fullmatch({var}) is not None")
-        ns["_CONTROL"] = _CONTROL
-        return (f"type({var}) is str and 0 < len({var}) <= {self.max_len} "
-                f"and {var}.isascii() and _CONTROL.search({var}) is None")
+        ns[prefix + "known"] = self._known
+        return f"type({var}) is str and {var} in {prefix}known"
+
+    def decode(self, value: Any, path: str) -> Any:
+        self.check(value, path)
+        if len(self._known) < KNOWN_LIMIT:
+            self._known.add(value)
+        return value
 
     def __post_init__(self) -> None:
         if self.pattern is not None:
@@ -203,14 +234,35 @@ class Bin(Spec):
             raise OversizeError(f"longer than {self.max_len} bytes", field=path)
 
 
+KNOWN_LIMIT = 4096  # values a spec remembers as valid
+
+
 def _check_each(item: Spec, values: Sequence[Any], path: str) -> None:
     """Check list items against one spec; only a failure pays for naming its index."""
-    check = item.check
+    all_valid = _all_valid(item)
+    if all_valid is not None and all_valid(values):
+        return
+    decode = item.decode
     for i, value in enumerate(values):
         try:
-            check(value, path)
+            decode(value, path)
         except DecodeError as exc:
             raise type(exc)(exc.reason, field=f"{path}[{i}]") from None
+
+
+_ALL_VALID: dict[int, tuple[Spec, Callable[[Sequence[Any]], bool] | None]] = {}
+
+
+def _all_valid(item: Spec) -> Callable[[Sequence[Any]], bool] | None:
+    """A compiled `all(fast_test(v) for v in values)` for the item spec, if it has one."""
+    cached = _ALL_VALID.get(id(item))
+    if cached is not None and cached[0] is item:
+        return cached[1]
+    ns: dict[str, Any] = {}
+    fast = item.fast_test("v", "c_", ns)
+    fn = None if fast is None else eval(f"lambda values: all(({fast}) for v in values)", ns)
+    _ALL_VALID[id(item)] = (item, fn)  # the spec is kept alive, so its id stays its own
+    return fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,6 +411,9 @@ class Record:
 
     @classmethod
     def decode(cls: type[R], data: bytes) -> R:
+        plain = unpack_canonical(data, max_size=cls.MAX_SIZE)
+        if type(plain) is dict:
+            return decoder_of(cls)(plain, "", bytes(data))
         record = decoder_of(cls)(unpack(data, max_size=cls.MAX_SIZE), "")
         again = record.encode()
         if again != bytes(data):
@@ -387,6 +442,8 @@ _MISSING = object()
 
 def decode_map(cls: type[R], value: Any, path: str) -> R:
     """Build a record from decoded pairs, checking keys in schema order."""
+    if type(value) is dict:
+        value = list(value.items())
     if type(value) is not list or (value and type(value[0]) is not tuple):
         raise FieldTypeError(f"expected a map, got {_kind(value)}", field=path or None)
     fields = _fields_of(cls)
@@ -458,7 +515,7 @@ def _rewrap(exc: DecodeError, path: str) -> DecodeError:
     return exc
 
 
-def decoder_of(cls: type[R]) -> Callable[[Any, str], R]:
+def decoder_of(cls: type[R]) -> Callable[..., R]:
     """The compiled decoder of a record class (built on first use)."""
     decoder = cls.__dict__.get("_decoder")
     if decoder is None:
@@ -474,7 +531,8 @@ def _join(path: str, key: str) -> str:
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, list) and value and isinstance(value[0], tuple):
+    if type(value) is dict or (isinstance(value, list) and value
+                               and isinstance(value[0], tuple)):
         return "map"
     return {
         bool: "boolean", int: "integer", float: "float", str: "string", bytes: "bytes",

@@ -34,6 +34,7 @@ from ledger.codec import (
     pack,
     spec,
     unpack,
+    unpack_canonical,
 )
 from ledger.errors import (
     DuplicateKeyError,
@@ -251,6 +252,12 @@ ADMIN_KINDS = frozenset({"genesis", "controller-register", "controller-rotate",
 
 def decode_event(data: bytes) -> Event:
     """Strictly decode any event kind; rejects every non-canonical or unknown form."""
+    plain = unpack_canonical(data, max_size=MAX_EVENT_SIZE)
+    if type(plain) is dict and next(iter(plain), None) == "kind":
+        kind = plain.pop("kind")
+        if type(kind) is str and kind in EVENT_KINDS:
+            return decoder_of(EVENT_KINDS[kind])(plain, "")
+    # Not canonical, or not an event at all: the slow path names what is wrong.
     value = unpack(data, max_size=MAX_EVENT_SIZE)
     if type(value) is not list or not value or type(value[0]) is not tuple:
         raise FieldTypeError("an event must be a non-empty map")

@@ -16,11 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-Decoder = Callable[[Any, str], Any]
+Decoder = Callable[..., Any]
 
 
 def compile_decoder(cls: type, fields: tuple[Any, ...], helpers: dict[str, Any]) -> Decoder:
-    """Generate `decode(pairs, path) -> record` for a record class.
+    """Generate `decode(value, path, wire=None) -> record` for a record class.
+
+    `value` is a map as a dict (from `codec.unpack_canonical`) or as a list of pairs
+    (from `codec.unpack`, which keeps duplicates for the error to name).
 
     `fields` are the codec's field infos (name, spec, optional); `helpers` supplies
     the names the generated body calls: _slow (the generic decoder), _rewrap,
@@ -34,13 +37,18 @@ def compile_decoder(cls: type, fields: tuple[Any, ...], helpers: dict[str, Any])
     names = tuple(f.name for f in fields)
     ns["_names"] = names
     body = [
-        "def decode(value, path):",
-        "    if type(value) is not list or (value and type(value[0]) is not tuple):",
+        "def decode(value, path, wire=None):",
+        "    if type(value) is dict:",  # from canonical bytes: no duplicate keys possible
+        "        present = value",
+        "    elif type(value) is list and (not value or type(value[0]) is tuple):",
+        "        present = dict(value)",
+        "        if len(present) != len(value):",
+        "            return _slow(_cls, value, path)",
+        "    else:",
         "        return _slow(_cls, value, path)",
-        "    present = dict(value)",
         "    keys = tuple(present)",
-        "    if len(keys) != len(value) or keys not in _valid_keys:",
-        "        if len(keys) != len(value) or keys != tuple(n for n in _names if n in present):",
+        "    if keys not in _valid_keys:",
+        "        if keys != tuple(n for n in _names if n in present):",
         "            return _slow(_cls, value, path)",
         "        _valid_keys.add(keys)",
         "    rec = _new(_cls)",
@@ -60,6 +68,10 @@ def compile_decoder(cls: type, fields: tuple[Any, ...], helpers: dict[str, Any])
         else:
             body.append(f"    elif not ({fast}):\n        v = s{i}.decode(v, {where})")
         body.append(f"    _set(rec, {f.name!r}, v)")
+    if "encoded" in cls.__dict__:
+        # A record that caches its own encoding is given the bytes it was decoded from,
+        # which the caller has already proven canonical: no need to encode it again.
+        body.append("    if wire is not None:\n        rec.__dict__['encoded'] = wire")
     body += [
         "    try:",
         "        rec.validate()",

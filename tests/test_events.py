@@ -340,3 +340,54 @@ def test_compiled_decoder_agrees_with_the_generic_one(data: st.DataObject) -> No
         original[pos] = data.draw(st.integers(0, 255))
     fast, generic = _decode_both(bytes(original))
     assert fast == generic
+
+
+def _slow_verdict(data: bytes) -> object:
+    """What decoding from pairs says (the path that can name a duplicate key), with the
+    canonical check done by re-encoding the record, as before the fast path existed."""
+    from ledger.codec import decoder_of, unpack
+    from ledger.events import EVENT_KINDS
+
+    try:
+        value = unpack(data, max_size=1 << 16)
+        if type(value) is not list or not value or type(value[0]) is not tuple \
+                or value[0] != ("kind", value[0][1]) or value[0][1] not in EVENT_KINDS:
+            return "not an event"
+        event = decoder_of(EVENT_KINDS[value[0][1]])(value[1:], "")
+        return event if event.encode() == data else NonCanonicalError
+    except DecodeError as exc:
+        return type(exc)
+
+
+def _verdict(data: bytes) -> object:
+    try:
+        return decode_event(data)
+    except DecodeError as exc:
+        return type(exc)
+
+
+@given(st.data())
+def test_the_canonical_fast_path_decides_as_re_encoding_does(data: st.DataObject) -> None:
+    """decode_event first re-packs the plain msgpack value (one C call) and decodes from
+    dicts; only bytes that are not canonical take the pairs path. Both must agree."""
+    original = bytearray(data.draw(st.sampled_from(every_kind())).encode())
+    for _ in range(data.draw(st.integers(0, 3))):
+        pos = data.draw(st.integers(0, len(original) - 1))
+        original[pos] = data.draw(st.integers(0, 255))
+    mutated = bytes(original)
+    slow, fast = _slow_verdict(mutated), _verdict(mutated)
+    if slow == "not an event":
+        assert isinstance(fast, type) and issubclass(fast, DecodeError)
+    else:
+        assert fast == slow
+
+
+def test_a_repeated_key_is_named_although_a_dict_would_hide_it() -> None:
+    g = grant()
+    pairs = list(msgpack.unpackb(g.encode(), object_pairs_hook=list))
+    doubled = [*pairs[:2], pairs[1], *pairs[2:]]
+    packer = msgpack.Packer(use_bin_type=True)
+    data = packer.pack_map_header(len(doubled)) + b"".join(
+        packer.pack(k) + packer.pack(v) for k, v in doubled)
+    with pytest.raises(DuplicateKeyError):
+        decode_event(data)
