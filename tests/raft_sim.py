@@ -6,9 +6,10 @@ layer of every node (persisting Readies in order, attaching batch payloads from 
 persisted log, verifying entries: a payload starting with b"BAD" is invalid) and an
 adversarial network (loss, duplication, reordering, delay, partitions), crashes nodes
 (a crash between ready() and advance() loses that Ready), restarts them from their
-disks, proposes to whoever leads, changes membership and makes leaders propose invalid
-payloads. After every step it checks the safety invariants; at the end it heals
-everything and checks that a leader emerges and a proposal commits on every member.
+disks, proposes to whoever leads, changes membership, hands leadership over and makes
+leaders propose invalid payloads. After every step it checks the safety invariants; at
+the end it heals everything and checks that a leader emerges and a proposal commits on
+every member.
 
     python -m tests.raft_sim --seeds 10000 [--steps N] [--nodes 5] [--seed S]
 """
@@ -118,7 +119,7 @@ class Simulation:
         self.proposed: dict[tuple[str, int, int], Entry] = {}  # (leader, index, term)
         self.acked: dict[int, bytes] = {}
         self.counts = {"elections": 0, "commits": 0, "faults": 0, "proposals": 0,
-                       "cosigned": 0, "refused": 0, "config_changes": 0}
+                       "cosigned": 0, "refused": 0, "config_changes": 0, "transfers": 0}
 
     # ------------------------------------------------------------ driving
 
@@ -389,6 +390,13 @@ class Simulation:
                 entry = core.propose_membership(Membership(frozenset(voters)))
                 self.counts["config_changes"] += 1
                 self.log(f"{node.id} proposes voters {sorted(voters)} at {entry.index}")
+            elif roll < 0.32 and faults:
+                others = sorted(core.membership.voters - {node.id})
+                if others:
+                    to = rng.choice(others)
+                    core.transfer_leadership(to)
+                    self.counts["transfers"] += 1
+                    self.log(f"{node.id} hands leadership to {to}")
             elif roll < 0.4:
                 self.publish_checkpoint(node)
         except (NotLeaderError, MembershipChangeError):

@@ -341,6 +341,70 @@ def test_a_removed_leader_steps_down_once_its_removal_commits() -> None:
     assert n.role == "follower"  # no longer a voter: it never campaigns
 
 
+def _appends_to(readies: list[Ready], dst: str) -> list[AppendEntries]:
+    return [m for m in sent(readies) if isinstance(m, AppendEntries) and m.dst == dst]
+
+
+def test_a_removed_follower_is_told_its_removal_committed_then_left_alone() -> None:
+    n = _committed_leader()
+    n.step(AppendReply(1, "c", "a", True, 1, 0, False))
+    flush(n)
+    n.propose_membership(Membership.of("a", "b"))
+    assert [m.entries[-1].index for m in _appends_to(flush(n), "c")] == [2]
+    assert n.voter_match_indexes() == {"b": 1}  # c no longer counts
+    n.step(AppendReply(1, "c", "a", True, 2, 0, False))
+    assert n.commit_index == 1  # c's copy does not commit the config that removed it
+    assert _appends_to(flush(n), "c") == []
+    n.step(AppendReply(1, "b", "a", True, 2, 0, False))
+    assert n.commit_index == 2
+    flush(n)
+    n.step(AppendReply(1, "c", "a", True, 2, 0, False))  # answers a heartbeat
+    (last,) = _appends_to(flush(n), "c")
+    assert (last.prev_index, last.entries, last.commit) == (2, (), 2)
+    elapse(n, 9)
+    n.step(AppendReply(1, "b", "a", True, 2, 0, False))
+    elapse(n, 10)
+    readies = flush(n)
+    assert _appends_to(readies, "c") == [] and _appends_to(readies, "b")
+    assert n.role == "leader"
+
+
+def test_a_removed_member_that_never_answers_is_dropped_at_the_next_check_quorum() -> None:
+    n = _committed_leader()
+    n.propose_membership(Membership.of("a", "b"))
+    flush(n)
+    n.step(AppendReply(1, "b", "a", True, 2, 0, False))
+    assert n.commit_index == 2
+    elapse(n, 8)
+    assert _appends_to(flush(n), "c")  # still trying: c may be slow, not gone
+    n.step(AppendReply(1, "b", "a", True, 2, 0, False))
+    elapse(n, 4)  # the check at tick 10, heartbeats at 10 and 12
+    readies = flush(n)
+    assert _appends_to(readies, "c") == [] and _appends_to(readies, "b")
+    assert n.role == "leader"
+
+
+def test_leadership_goes_to_a_caught_up_voter_and_writes_wait_meanwhile() -> None:
+    n = _committed_leader()
+    n.propose(b"x")
+    flush(n)
+    for bad in ("a", "d"):
+        with pytest.raises(ValueError, match="not another voter"):
+            n.transfer_leadership(bad)
+    n.transfer_leadership("c")
+    readies = flush(n)
+    assert not [m for m in sent(readies) if isinstance(m, TimeoutNow)]  # c is behind
+    with pytest.raises(NotLeaderError) as refused:
+        n.propose(b"y")
+    assert refused.value.leader_hint == "c"
+    n.step(AppendReply(1, "c", "a", True, 2, 0, False))
+    n.step(AppendReply(1, "b", "a", True, 2, 0, False))
+    assert n.voter_match_indexes() == {"b": 2, "c": 2}
+    assert [m.dst for m in sent(flush(n)) if isinstance(m, TimeoutNow)] == ["c"]
+    n.step(RequestVote(2, "c", "a", 2, 1, pre_vote=False))
+    assert n.role == "follower" and n.voter_match_indexes() == {}
+
+
 def test_a_follower_takes_the_membership_of_the_config_it_appends() -> None:
     n = node("d", membership=ABC)
     elapse(n, 50)

@@ -15,6 +15,7 @@ def test_three_nodes_many_seeds(block: int) -> None:
     # The faults really happened, and the cluster still did work through them.
     assert total["elections"] > 50 and total["commits"] > 1000
     assert total["refused"] > 0 and total["config_changes"] > 0 and total["cosigned"] > 0
+    assert total["transfers"] > 0
 
 
 @pytest.mark.parametrize("block", range(2))

@@ -56,7 +56,7 @@ class MembershipChangeError(Exception):
 class _Progress:
     """The leader's view of one follower."""
 
-    __slots__ = ("active", "inflight", "match", "next", "paused", "probing")
+    __slots__ = ("active", "inflight", "leaving", "match", "next", "paused", "probing")
 
     def __init__(self, next_index: int) -> None:
         self.match = 0
@@ -67,6 +67,9 @@ class _Progress:
         self.paused = False
         self.inflight: deque[int] = deque()  # last index of each AppendEntries in flight
         self.active = False  # heard from since the last check-quorum
+        # A voter that a config removed (its index here): still sent entries until it
+        # holds that config and knows it committed, so that it stops acting as a voter.
+        self.leaving = 0
 
 
 class RaftNode:
@@ -148,6 +151,13 @@ class RaftNode:
     def membership(self) -> Membership:
         return self._membership
 
+    def voter_match_indexes(self) -> dict[str, int]:
+        """The leader's view of how far each other voter's log matches its own (empty
+        on a follower or candidate)."""
+        if self._role != LEADER:
+            return {}
+        return {p: pr.match for p, pr in sorted(self._progress.items()) if not pr.leaving}
+
     @property
     def log(self) -> RaftLog:
         """The core's view of the log (including entries not yet persisted); read only."""
@@ -218,7 +228,7 @@ class RaftNode:
 
         Proposals are refused while the transfer runs (at most an election timeout)."""
         self._require_leader()
-        if to == self._id or to not in self._progress:
+        if to == self._id or to not in self._membership.voters:
             raise ValueError(f"{to!r} is not another voter")
         self._transfer_to = to
         self._transfer_elapsed = 0
@@ -365,10 +375,16 @@ class RaftNode:
             for voter in sorted(membership.voters):  # sorted: deterministic send order
                 if voter != self._id and voter not in self._progress:
                     self._progress[voter] = _Progress(self._log.last_index + 1)
-            for peer in list(self._progress):
+                elif voter in self._progress:
+                    self._progress[voter].leaving = 0
+            config = self._log.latest_config()
+            for peer, pr in list(self._progress.items()):
                 if peer not in membership.voters:
-                    del self._progress[peer]
-            if self._transfer_to is not None and self._transfer_to not in self._progress:
+                    if config is None:
+                        del self._progress[peer]
+                    elif not pr.leaving:
+                        pr.leaving = config.index
+            if self._transfer_to is not None and self._transfer_to not in membership.voters:
                 self._transfer_to = None
 
     def _is_voter(self) -> bool:
@@ -465,7 +481,9 @@ class RaftNode:
             self._election_elapsed = 0
             # Check-quorum: a leader cut off from a majority stops claiming to lead.
             active = {p for p, pr in self._progress.items() if pr.active} | {self._id}
-            for pr in self._progress.values():
+            for peer, pr in list(self._progress.items()):
+                if pr.leaving and not pr.active:
+                    del self._progress[peer]  # a removed member that is gone: stop sending
                 pr.active = False
             if not self._has_quorum(active):
                 self._become_follower(self._term, None)
@@ -543,6 +561,12 @@ class RaftNode:
                 pr.inflight.popleft()
             if msg.src == self._transfer_to:
                 self._maybe_send_timeout_now()
+            if pr.leaving and min(pr.match, self._commit) >= pr.leaving:
+                # It holds the config that removed it: tell it that config committed (an
+                # empty append carrying the commit index), then stop replicating to it.
+                self._send_entries(msg.src, pr.match + 1, pr.match)
+                del self._progress[msg.src]
+                return
             self._send_append(msg.src)
             return
         rejected = msg.match_index
@@ -569,9 +593,10 @@ class RaftNode:
 
     def _step_down_removed(self) -> None:
         """Our removal is committed: hand over to the most up-to-date voter, then follow."""
-        if self._progress:
-            best = max(sorted(self._progress), key=lambda p: self._progress[p].match)
-            if self._progress[best].match == self._log.last_index:
+        matches = self.voter_match_indexes()
+        if matches:
+            best = max(matches, key=lambda p: matches[p])
+            if matches[best] == self._log.last_index:
                 self._send(TimeoutNow(self._term, self._id, best))
         self._become_follower(self._term, None)
 
