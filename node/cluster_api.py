@@ -90,14 +90,18 @@ async def get_cluster(request: web.Request) -> web.Response:
 
 
 async def forward_to_leader(request: web.Request, replica: Replica,
-                            body: bytes | None) -> web.Response:
-    """Relay a client's request to the leader, so that any member takes writes."""
+                            body: bytes | None, *, handed_over: bool = False) -> web.Response:
+    """Relay a client's request to the leader, so that any member takes writes.
+
+    A request relays at most once, so that members never bounce it between them; one
+    that this member took as leader and then handed over (handed_over) relays once more."""
     leader = replica.leader_url()
-    if leader is None or request.headers.get(_FORWARDED):
+    if leader is None or (request.headers.get(_FORWARDED) and not handed_over):
         raise_problem("no-leader", "the cluster has no leader right now (an election is "
                       "under way); retry shortly", headers={"Retry-After": "1"})
     assert leader is not None
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    headers = {k: v for k, v in request.headers.items()
+               if k.lower() not in _HOP_HEADERS and k.lower() != _FORWARDED.lower()}
     headers[_FORWARDED] = replica.member
     session = replica.session
     try:
@@ -167,6 +171,15 @@ async def post_membership(request: web.Request) -> web.Response:
     if abs(time.time_ns() // 1_000_000 - at) > MEMBERSHIP_MAX_AGE_MS:
         raise_problem("clock-skew", "the signed request is too old (or from the future): "
                       "sign it anew")
+    voters_now = replica.raft.membership.voters
+    if remove == replica.member and remove in voters_now and len(voters_now) > 1:
+        # A leader that removed itself would lead, unable to vote, until the change
+        # commits; instead the next leader, chosen now, removes it.
+        try:
+            await replica.hand_over_leadership()
+        except UnavailableError as exc:
+            raise_problem("no-leader", str(exc), headers={"Retry-After": "1"})
+        return await forward_to_leader(request, replica, body, handed_over=True)
     try:
         voters = await replica.change_membership(add=add, remove=remove)
     except ConfigError as exc:
@@ -175,7 +188,7 @@ async def post_membership(request: web.Request) -> web.Response:
         raise_problem("membership-change", str(exc))
     except UnavailableError as exc:
         raise_problem("no-leader", str(exc), headers={"Retry-After": "1"})
-    return web.json_response({"voters": sorted(voters)})
+    return web.json_response({"voters": sorted(voters), "committed_by": replica.member})
 
 
 def add_cluster_routes(app: web.Application) -> None:

@@ -36,6 +36,8 @@ from ledger.signed import public_bytes, sign_event
 from node.cluster_config import ClusterConfig, Member, format_cluster, load_cluster
 from node.config import ConfigError, load_config
 
+MEMBERSHIP_RETRY_S = 20.0
+
 
 def free_ports(n: int) -> list[int]:
     """n ports that are free on loopback now (the OS picks them)."""
@@ -239,12 +241,29 @@ async def _change_membership(args: argparse.Namespace) -> int:
     body = json.dumps({args.action: args.member, "at": time.time_ns() // 1_000_000}).encode()
     sig = base64.b64encode(key.sign(membership_message(cluster.origin, body))).decode()
     url = args.via or next(m.url for m in cluster.members if m.voter)
-    async with aiohttp.ClientSession() as session, session.post(
-            url.rstrip("/") + MEMBERSHIP_PATH, data=body,
-            headers={OPERATOR_SIGNATURE: sig, "Content-Type": "application/json"},
-            timeout=aiohttp.ClientTimeout(total=30)) as resp:
-        answer = json.loads(await resp.read() or b"{}")
-    if resp.status != 200:
-        raise ConfigError(f"{args.action} {args.member}: {answer.get('detail', resp.status)}")
-    print(f"voters: {' '.join(answer['voters'])}")
+    # A 503 (no leader yet, leadership moving) is retried for a while: the same signed
+    # request, and a change already in force is answered as done.
+    deadline = time.monotonic() + MEMBERSHIP_RETRY_S
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.post(
+                        url.rstrip("/") + MEMBERSHIP_PATH, data=body,
+                        headers={OPERATOR_SIGNATURE: sig, "Content-Type": "application/json"},
+                        timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                    status = resp.status
+                    try:
+                        answer = json.loads(await resp.read() or b"{}")
+                    except ValueError:
+                        answer = {}
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ConfigError(f"{args.action} {args.member}: {url} did not answer "
+                                  f"({exc or type(exc).__name__})") from None
+            if status != 503 or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(1.0)  # the server's Retry-After
+    if status != 200 or not isinstance(answer, dict) or "voters" not in answer:
+        detail = answer.get("detail", status) if isinstance(answer, dict) else status
+        raise ConfigError(f"{args.action} {args.member}: {detail}")
+    print(f"voters: {' '.join(answer['voters'])} (committed by {answer['committed_by']})")
     return 0

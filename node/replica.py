@@ -187,15 +187,31 @@ class Replica:
     async def change_membership(self, *, add: str | None = None,
                                 remove: str | None = None) -> frozenset[str]:
         """Add or remove one voter (a member pinned in the cluster file); the new voters
-        once the change is committed."""
-        voters = set(self.raft.membership.voters)
+        once the change is committed. A change already in force is answered as done, so
+        that an operator may safely retry one whose answer was lost."""
         if add is not None:
             self.cluster.member(add)  # pinned, with a URL and a key
+        raft = self.raft
+        # A leader elected moments ago (the one a removed leader handed over to) commits
+        # an entry of its term, and an earlier change commits, within a few heartbeats.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._election_timeout_s()
+        while raft.role == "leader" and loop.time() < deadline and (
+                raft.log.term_at(raft.commit_index) != raft.term
+                or raft.log.config_after(raft.commit_index)):
+            await asyncio.sleep(self.cluster.tick_ms / 1000)  # polls the core's state
+        voters = set(raft.membership.voters)
+        if add is not None:
             voters.add(add)
         if remove is not None:
             voters.discard(remove)
+        if not voters:
+            raise ValueError(f"{remove} is the last voter: add another before removing it")
+        if voters == raft.membership.voters and raft.role == "leader" \
+                and not raft.log.config_after(raft.commit_index):
+            return frozenset(voters)
         try:
-            entry = self.raft.propose_membership(Membership(frozenset(voters)))
+            entry = raft.propose_membership(Membership(frozenset(voters)))
         except NotLeaderError as exc:
             raise UnavailableError(f"not the leader (leader: {exc.leader_hint or 'unknown'})"
                                    ) from None
@@ -206,6 +222,32 @@ class Replica:
         self._wake.set()
         await waiter
         return frozenset(voters)
+
+    async def hand_over_leadership(self) -> str:
+        """Make the most caught-up other voter the leader (before this one is removed);
+        the new leader once this member follows it. Writes pause meanwhile (503)."""
+        matches = self.raft.voter_match_indexes()
+        if not matches:
+            raise UnavailableError("this member leads no other voter to hand over to")
+        to = max(sorted(matches), key=matches.__getitem__)
+        try:
+            self.raft.transfer_leadership(to)
+        except NotLeaderError as exc:
+            raise UnavailableError(f"not the leader (leader: {exc.leader_hint or 'unknown'})"
+                                   ) from None
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * self._election_timeout_s()
+        while loop.time() < deadline:
+            leader = self.raft.leader_id
+            if self.raft.role != "leader" and leader not in (None, self.member):
+                assert leader is not None
+                return leader
+            await asyncio.sleep(self.cluster.tick_ms / 1000)  # polls the core's state
+        raise UnavailableError(f"leadership did not pass to {to} in time; retry")
+
+    def _election_timeout_s(self) -> float:
+        return self.cluster.election_ticks[1] * self.cluster.tick_ms / 1000
 
     def _fail_waiters(self, which: Callable[[int], bool], reason: str) -> None:
         for waiters in (self._waiters, self._config_waiters):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +124,78 @@ def test_a_membership_change_needs_the_operator_key(cluster: LocalCluster,
     assert _voters(cluster, "n1") == ["n1", "n2", "n3"]
     result = cli("cluster", "add", "--dir", str(cluster.dir), "--member", "n9")
     assert result.returncode == 1 and "not a member" in result.stderr
+
+
+def test_removing_the_leader_hands_leadership_over_first(cluster: LocalCluster) -> None:
+    old = cluster.wait_leader(among=["n1", "n2", "n3"])
+    rest = sorted({"n1", "n2", "n3"} - {old})
+    acked: dict[bytes, int] = {}
+    acked_at: list[float] = []
+    removed = asyncio.Event()
+    after_removal = 0
+
+    async def writer(key: object) -> None:
+        nonlocal after_removal
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+            seq = 0
+            # A light load through a member that stays: it forwards to whoever leads.
+            while after_removal < 5:
+                t = now_ms()
+                batch = sign_batch([grant(subject=seq.to_bytes(4, "big") + bytes([i]) * 28,
+                                          consented_at=t, valid_until=t + 10**9)
+                                    for i in range(5)], key)  # type: ignore[arg-type]
+                seq += 1
+                status, body, _ = await post(s, cluster.url(rest[0]), batch)
+                if status == 200:
+                    for signed, result in zip(batch, body["results"], strict=True):
+                        acked[signed.id] = result["index"]
+                    acked_at.append(time.monotonic())
+                    after_removal += removed.is_set()
+                else:
+                    assert status == 503, body
+                    await asyncio.sleep(0.01)  # a retry back-off
+
+    async def run() -> str:
+        async with aiohttp.ClientSession() as s:
+            key = await register_controller(s, cluster.url(rest[0]), cluster.operator_key)
+        task = asyncio.create_task(writer(key))
+        try:
+            while len(acked_at) < 5:
+                await asyncio.sleep(0.01)  # polling a condition (the writer's progress)
+            # Asked of a follower: it relays to the leader, which hands over and relays
+            # once more, to the new leader, which commits the removal.
+            result = await asyncio.to_thread(
+                cli, "cluster", "remove", "--dir", str(cluster.dir), "--member", old,
+                "--via", cluster.url(rest[1]))
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+        finally:
+            removed.set()
+            await asyncio.wait_for(task, timeout=30)
+
+    out = asyncio.run(run())
+    assert out.split() == ["voters:", *rest, "(committed", "by", out.split()[-1]]
+    assert out.split()[-1].rstrip(")") in rest  # by the next leader, not the removed one
+    gaps = [b - a for a, b in itertools.pairwise(acked_at)]
+    assert max(gaps) < 5.0, f"writes stalled for {max(gaps):.1f} s"
+
+    new = cluster.wait_leader(among=rest)
+    info = cluster.info(new)
+    assert info is not None and info["voters"] == rest
+    _wait(lambda: _voters(cluster, old) == rest, f"{old} never learnt it was removed")
+    info = cluster.info(old)
+    assert info is not None and info["role"] == "follower" and old not in info["voters"]
+
+    size = max(acked.values()) + 1
+
+    async def verify(member: str) -> None:
+        async with aiohttp.ClientSession() as s:
+            verified = await verify_log(s, cluster.url(member), cluster.config.log_key)
+            for event_id, index in acked.items():
+                assert verified.state.index_of(event_id) == index
+
+    for member in rest:
+        cluster.wait_published(member, size)
+        asyncio.run(verify(member))
+    # It follows the new leader, and takes no part in elections.
+    assert info["leader"] == new and info["term"] == (cluster.info(new) or {}).get("term")
