@@ -9,7 +9,7 @@ import time
 
 SUITES = ["bench.bench_merkle", "bench.bench_events", "bench.bench_smt", "bench.bench_node",
           "bench.bench_status", "bench.bench_sdk", "bench.bench_cluster",
-          "bench.bench_raft"]
+          "bench.bench_raft", "bench.bench_replay", "bench.bench_audit"]
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from client.log_client import LogClient
 from client.policy import PolicyError, TrustPolicy, parse_policy
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import LedgerError
+from ledger.heap import tune_collector
 from ledger.note import Ed25519Verifier, new_verifier
 
 TOFU_NOTE = "fetched from GET /v1/keys and trusted on first use"
@@ -140,6 +141,7 @@ def audit(argv: Sequence[str]) -> str:
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
     progress = Progress(sys.stderr, quiet=args.quiet)
+    tune_collector()  # an audit replays the whole log in memory
     try:
         result, source, store = asyncio.run(_audit(args, progress))
     except KeyboardInterrupt:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from ledger.heap import settle_loaded_state, tune_collector
+
 
 async def serve_until_signalled(app: web.Application, host: str, port: int, *, name: str,
                                 announce: Callable[[str], None] | None = None) -> int:
@@ -17,7 +19,9 @@ async def serve_until_signalled(app: web.Application, host: str, port: int, *, n
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    tune_collector()
     await runner.setup()  # opens the app's resources: a failure here leaves nothing behind
+    settle_loaded_state()  # the ledger just loaded from disk
     try:
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
