@@ -19,6 +19,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -37,6 +38,10 @@ from node.cluster_config import ClusterConfig, Member, format_cluster, load_clus
 from node.config import ConfigError, load_config
 
 MEMBERSHIP_RETRY_S = 20.0
+HOSTS_PORT = 8441  # every member's port when each has its own host (init --hosts)
+LOOPBACK_PORT = 7101  # the first member's port when all share one host
+# A DNS name or IPv4 address, or an IPv6 address in brackets.
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
 def free_ports(n: int) -> list[int]:
@@ -48,18 +53,44 @@ def free_ports(n: int) -> list[int]:
         return [sock.getsockname()[1] for sock in socks]
 
 
+def check_hosts(hosts: Sequence[str], *, members: int, nodes: int, spares: int) -> None:
+    """One distinct, well-formed host per member, or a one-line ConfigError."""
+    for host in hosts:
+        if not _HOST.fullmatch(host):
+            raise ConfigError(f"--hosts: {host!r} is not a host name or address")
+    seen: set[str] = set()
+    for host in hosts:
+        if host.lower() in seen:
+            raise ConfigError(f"--hosts names {host} twice: each member needs its own host")
+        seen.add(host.lower())
+    if len(hosts) != members:
+        raise ConfigError(f"--hosts names {len(hosts)} hosts but --nodes {nodes} and "
+                          f"--spares {spares} make {members} members: name one host each")
+
+
 def init_cluster(directory: Path, *, nodes: int, host: str, base_port: int,
                  origin: str | None, max_skew_ms: int = 10 * 60 * 1000,
-                 ports: Sequence[int] | None = None, spares: int = 0) -> ClusterConfig:
+                 ports: Sequence[int] | None = None, spares: int = 0,
+                 hosts: Sequence[str] | None = None) -> ClusterConfig:
+    """Write a cluster's files: every member on host at consecutive ports from base_port
+    (0: any free loopback ports), or, given hosts, member K on hosts[K-1], all at
+    base_port."""
     if nodes not in (1, 3, 5, 7):
         raise ConfigError("--nodes must be 1, 3, 5 or 7 (an odd number of members)")
     if (directory / "cluster.toml").exists():
         raise ConfigError(f"{directory}/cluster.toml exists: refusing to overwrite a cluster")
-    if not 0 <= base_port <= 65535 - nodes:
-        raise ConfigError(f"--base-port {base_port} leaves no room for {nodes} ports")
     if not 0 <= spares <= 4:
         raise ConfigError("--spares must be 0..4")
     total = nodes + spares
+    if hosts is not None:
+        check_hosts(hosts, members=total, nodes=nodes, spares=spares)
+        if not 1 <= base_port <= 65535:
+            raise ConfigError(f"--base-port {base_port}: with --hosts every member listens "
+                              "on this port, 1..65535")
+        ports = [base_port] * total
+    elif not 0 <= base_port <= 65535 - total:
+        raise ConfigError(f"--base-port {base_port} leaves no room for {total} ports")
+    member_hosts = list(hosts) if hosts is not None else [host] * total
     if ports is None:
         ports = free_ports(total) if base_port == 0 else [base_port + n for n in range(total)]
     origin = origin or f"consent-ledger.local/{os.urandom(4).hex()}"
@@ -71,7 +102,7 @@ def init_cluster(directory: Path, *, nodes: int, host: str, base_port: int,
     for n in range(1, total + 1):
         member_id = f"n{n}"
         key = generate_key_file(keys / f"{member_id}.key")
-        members.append(Member(member_id, f"http://{host}:{ports[n - 1]}",
+        members.append(Member(member_id, f"http://{member_hosts[n - 1]}:{ports[n - 1]}",
                               cosigner_verifier_key(f"{origin}/{member_id}", key.public_key()),
                               voter=n <= nodes))
     genesis = Genesis(origin=origin, operator_key=public_bytes(operator),
@@ -80,11 +111,12 @@ def init_cluster(directory: Path, *, nodes: int, host: str, base_port: int,
     config = ClusterConfig(origin, format_verifier_key(origin, ALG_ED25519,
                                                        public_bytes(log_key)),
                            tuple(members))
-    for m in members:
+    for m, member_host in zip(members, member_hosts, strict=True):
         port = m.url.rsplit(":", 1)[1]
         (directory / f"{m.id}.toml").write_text(
             f'# consent-ledger node --config {m.id}.toml\n'
-            f'data_dir = "{m.id}"\nhost = "{host}"\nport = {port}\nmember = "{m.id}"\n'
+            f'data_dir = "{m.id}"\nhost = "{member_host.strip("[]")}"\nport = {port}\n'
+            f'member = "{m.id}"\n'
             f'cluster_file = "cluster.toml"\nlog_key_file = "keys/log.key"\n'
             f'node_key_file = "keys/{m.id}.key"\nmax_skew_ms = {max_skew_ms}\n')
     (directory / "cluster.toml").write_text(format_cluster(config, "genesis.msgpack"))
@@ -172,9 +204,15 @@ def cluster_main(argv: Sequence[str]) -> int:
     init = sub.add_parser("init", help="write a cluster's configuration and keys")
     init.add_argument("--nodes", type=int, default=3)
     init.add_argument("--dir", type=Path, required=True)
-    init.add_argument("--host", default="127.0.0.1")
-    init.add_argument("--base-port", type=int, default=7101,
-                      help="members listen on consecutive ports from here (0: any free ports)")
+    where = init.add_mutually_exclusive_group()
+    where.add_argument("--host", default="127.0.0.1",
+                       help="every member on this host (default: loopback)")
+    where.add_argument("--hosts", metavar="H1,H2,...",
+                       help="member K on the K-th host (one per member, spares included)")
+    init.add_argument("--base-port", type=int,
+                      help=f"with --host, members listen on consecutive ports from here "
+                      f"(default {LOOPBACK_PORT}; 0: any free ports); with --hosts, every "
+                      f"member on this port (default {HOSTS_PORT})")
     init.add_argument("--origin")
     init.add_argument("--spares", type=int, default=0,
                       help="members pinned in the cluster file but not voters until added")
@@ -191,9 +229,12 @@ def cluster_main(argv: Sequence[str]) -> int:
     if args.action in ("add", "remove"):
         return asyncio.run(_change_membership(args))
     if args.action == "init":
+        hosts = None if args.hosts is None else [h.strip() for h in args.hosts.split(",")]
+        default_port = LOOPBACK_PORT if hosts is None else HOSTS_PORT
         config = init_cluster(args.dir, nodes=args.nodes, host=args.host,
-                              base_port=args.base_port, origin=args.origin,
-                              spares=args.spares)
+                              base_port=args.base_port if args.base_port is not None
+                              else default_port, origin=args.origin,
+                              spares=args.spares, hosts=hosts)
         print(f"wrote a {len(config.members)}-member cluster for {config.origin} in {args.dir}")
         for m in config.members:
             print(f"  consent-ledger node --config {args.dir / (m.id + '.toml')}   # {m.url}")
