@@ -78,7 +78,13 @@ async def post_cosign(request: web.Request) -> web.Response:
 async def get_cluster(request: web.Request) -> web.Response:
     replica = _replica(request)
     raft = replica.raft
+    # The leader's view of every other voter's log: how much of the leader's it holds
+    # (match) and how far behind it is (lag, in Raft entries), so an operator sees a new
+    # voter caught up before removing an old one. Only the leader knows; others: null.
+    replication = [{"member": member, "match": match, "lag": raft.last_index - match}
+                   for member, match in raft.voter_match_indexes().items()]
     return web.json_response({
+        "replication": replication if raft.role == "leader" else None,
         "member": replica.member, "role": raft.role, "term": raft.term,
         "leader": raft.leader_id, "raft_commit": raft.commit_index,
         "voters": sorted(raft.membership.voters),

@@ -199,3 +199,34 @@ def test_removing_the_leader_hands_leadership_over_first(cluster: LocalCluster) 
         asyncio.run(verify(member))
     # It follows the new leader, and takes no part in elections.
     assert info["leader"] == new and info["term"] == (cluster.info(new) or {}).get("term")
+
+
+def test_the_leader_shows_how_far_each_voter_has_caught_up(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "cluster", nodes=3, spares=1)
+    try:
+        cluster.start("n1", "n2", "n3")
+        leader = cluster.wait_leader()
+        follower = next(m for m in ("n1", "n2", "n3") if m != leader)
+        assert (cluster.info(follower) or {})["replication"] is None  # only the leader knows
+        # n4 is added while it is down: three of four voters commit the change.
+        result = cli("cluster", "add", "--dir", str(cluster.dir), "--member", "n4",
+                     "--via", cluster.url(leader))
+        assert result.returncode == 0, result.stderr
+
+        def progress() -> tuple[int, dict[str, dict[str, int]]]:
+            """The leader's last Raft index and its view of every other voter, at once."""
+            info = cluster.info(leader) or {}
+            assert info.get("role") == "leader", info
+            return info["raft_last"], {r["member"]: r for r in info["replication"]}
+
+        last, behind = progress()
+        assert sorted(behind) == sorted({"n1", "n2", "n3", "n4"} - {leader})
+        assert behind["n4"]["match"] == 0 and behind["n4"]["lag"] == last > 0
+        _wait(lambda: all(r["lag"] == 0 for m, r in progress()[1].items() if m != "n4"),
+              "the running voters never caught up")
+        cluster.start("n4")
+        _wait(lambda: progress()[1]["n4"]["lag"] == 0, "n4 never caught up")
+        last, caught_up = progress()
+        assert caught_up["n4"]["match"] == last
+    finally:
+        cluster.stop_all()
