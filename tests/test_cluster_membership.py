@@ -126,9 +126,12 @@ def test_a_membership_change_needs_the_operator_key(cluster: LocalCluster,
     assert result.returncode == 1 and "not a member" in result.stderr
 
 
-def test_removing_the_leader_hands_leadership_over_first(cluster: LocalCluster) -> None:
+@pytest.mark.parametrize("asked", ["the leader", "a follower"])
+def test_removing_the_leader_hands_leadership_over_first(cluster: LocalCluster,
+                                                         asked: str) -> None:
     old = cluster.wait_leader(among=["n1", "n2", "n3"])
     rest = sorted({"n1", "n2", "n3"} - {old})
+    via = old if asked == "the leader" else rest[1]
     acked: dict[bytes, int] = {}
     acked_at: list[float] = []
     removed = asyncio.Event()
@@ -162,11 +165,11 @@ def test_removing_the_leader_hands_leadership_over_first(cluster: LocalCluster) 
         try:
             while len(acked_at) < 5:
                 await asyncio.sleep(0.01)  # polling a condition (the writer's progress)
-            # Asked of a follower: it relays to the leader, which hands over and relays
-            # once more, to the new leader, which commits the removal.
+            # The leader hands over, then relays the request to the new leader, which
+            # commits the removal; a follower asked first relays it to the leader.
             result = await asyncio.to_thread(
                 cli, "cluster", "remove", "--dir", str(cluster.dir), "--member", old,
-                "--via", cluster.url(rest[1]))
+                "--via", cluster.url(via))
             assert result.returncode == 0, result.stderr
             return result.stdout
         finally:

@@ -384,6 +384,22 @@ def test_a_removed_member_that_never_answers_is_dropped_at_the_next_check_quorum
     assert n.role == "leader"
 
 
+def test_a_removed_member_added_back_before_it_left_is_a_voter_again() -> None:
+    n = _committed_leader()
+    n.propose_membership(Membership.of("a", "b"))
+    flush(n)
+    n.step(AppendReply(1, "b", "a", True, 2, 0, False))
+    assert n.voter_match_indexes() == {"b": 2}
+    n.propose_membership(Membership.of("a", "b", "c"))
+    flush(n)
+    assert n.voter_match_indexes() == {"b": 2, "c": 0}
+    n.step(AppendReply(1, "c", "a", True, 3, 0, False))
+    assert n.voter_match_indexes() == {"b": 2, "c": 3}
+    assert _appends_to(flush(n), "c") == []  # nothing new for it, and it is not dropped
+    elapse(n, 2)
+    assert _appends_to(flush(n), "c")  # still sent heartbeats, as a voter
+
+
 def test_leadership_goes_to_a_caught_up_voter_and_writes_wait_meanwhile() -> None:
     n = _committed_leader()
     n.propose(b"x")
