@@ -84,10 +84,10 @@ async def get_cluster(request: web.Request) -> web.Response:
     replication = [{"member": member, "match": match, "lag": raft.last_index - match}
                    for member, match in raft.voter_match_indexes().items()]
     return web.json_response({
-        "replication": replication if raft.role == "leader" else None,
         "member": replica.member, "role": raft.role, "term": raft.term,
         "leader": raft.leader_id, "raft_commit": raft.commit_index,
         "voters": sorted(raft.membership.voters),
+        "replication": replication if raft.role == "leader" else None,
         "raft_last": raft.last_index, "committed_size": replica.committed_size,
         "published_size": replica.published_size,
         "checkpoint_size": request.app[RUNTIME].sequencer.committed_size,

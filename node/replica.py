@@ -240,8 +240,7 @@ class Replica:
         deadline = loop.time() + 2 * self._election_timeout_s()
         while loop.time() < deadline:
             leader = self.raft.leader_id
-            if self.raft.role != "leader" and leader not in (None, self.member):
-                assert leader is not None
+            if self.raft.role != "leader" and leader is not None and leader != self.member:
                 return leader
             await asyncio.sleep(self.cluster.tick_ms / 1000)  # polls the core's state
         raise UnavailableError(f"leadership did not pass to {to} in time; retry")
