@@ -250,18 +250,16 @@ def _check_each(item: Spec, values: Sequence[Any], path: str) -> None:
             raise type(exc)(exc.reason, field=f"{path}[{i}]") from None
 
 
-_ALL_VALID: dict[int, tuple[Spec, Callable[[Sequence[Any]], bool] | None]] = {}
-
-
 def _all_valid(item: Spec) -> Callable[[Sequence[Any]], bool] | None:
     """A compiled `all(fast_test(v) for v in values)` for the item spec, if it has one."""
-    cached = _ALL_VALID.get(id(item))
-    if cached is not None and cached[0] is item:
-        return cached[1]
+    try:
+        return item.__dict__["_all_valid"]  # type: ignore[no-any-return]
+    except KeyError:
+        pass
     ns: dict[str, Any] = {}
     fast = item.fast_test("v", "c_", ns)
     fn = None if fast is None else eval(f"lambda values: all(({fast}) for v in values)", ns)
-    _ALL_VALID[id(item)] = (item, fn)  # the spec is kept alive, so its id stays its own
+    object.__setattr__(item, "_all_valid", fn)  # specs are frozen: cached on the side
     return fn
 
 
@@ -521,7 +519,8 @@ def decoder_of(cls: type[R]) -> Callable[..., R]:
     if decoder is None:
         decoder = compile_decoder(cls, _fields_of(cls), {
             "_slow": decode_map, "_rewrap": _rewrap, "_join": _join, "_MISSING": _MISSING,
-            "MissingFieldError": MissingFieldError, "DecodeError": DecodeError})
+            "MissingFieldError": MissingFieldError, "DecodeError": DecodeError,
+            "decoder_of": decoder_of})
         cls._decoder = decoder  # type: ignore[attr-defined]
     return decoder
 

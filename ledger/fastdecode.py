@@ -27,7 +27,7 @@ def compile_decoder(cls: type, fields: tuple[Any, ...], helpers: dict[str, Any])
 
     `fields` are the codec's field infos (name, spec, optional); `helpers` supplies
     the names the generated body calls: _slow (the generic decoder), _rewrap,
-    MissingFieldError, DecodeError and _join.
+    MissingFieldError, DecodeError, _join and decoder_of (for nested records).
     """
     ns: dict[str, Any] = dict(helpers)
     ns["_cls"] = cls
@@ -56,17 +56,24 @@ def compile_decoder(cls: type, fields: tuple[Any, ...], helpers: dict[str, Any])
     for i, f in enumerate(fields):
         ns[f"s{i}"] = f.spec
         fast = f.spec.fast_test("v", f"c{i}_", ns)
-        where = f"_join(path, {f.name!r})"
+        # Only an error needs the field's path: built inline, no call on the good path.
+        where = f"(path + {'.' + f.name!r} if path else {f.name!r})"
         body.append(f"    v = present.get({f.name!r}, _MISSING)")
         body.append("    if v is _MISSING:")
         if f.optional:
             body.append("        v = None")
         else:
             body.append(f"        raise MissingFieldError('is required', field={where})")
-        if fast is None:
-            body.append(f"    else:\n        v = s{i}.decode(v, {where})")
+        nested = getattr(f.spec, "record", None)
+        if nested is not None:  # a nested record: straight to its own compiled decoder
+            ns[f"d{i}"] = helpers["decoder_of"](nested)
+            decode = f"d{i}(v, {where})"
         else:
-            body.append(f"    elif not ({fast}):\n        v = s{i}.decode(v, {where})")
+            decode = f"s{i}.decode(v, {where})"
+        if fast is None:
+            body.append(f"    else:\n        v = {decode}")
+        else:
+            body.append(f"    elif not ({fast}):\n        v = {decode}")
         body.append(f"    _set(rec, {f.name!r}, v)")
     if "encoded" in cls.__dict__:
         # A record that caches its own encoding is given the bytes it was decoded from,

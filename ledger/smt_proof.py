@@ -59,8 +59,24 @@ def _part(data: bytes) -> bytes:
 
 def map_key(controller: str, subject: bytes, purpose: str) -> bytes:
     """The map key of (controller, subject commitment, purpose)."""
-    return _sha256(_KEY_TAG + _part(controller.encode()) + _part(subject)
-                   + _part(purpose.encode())).digest()
+    head = _KEY_HEADS.get(controller)
+    if head is None:
+        head = _KEY_TAG + _part(controller.encode())
+        if len(_KEY_HEADS) < _REMEMBERED:
+            _KEY_HEADS[controller] = head
+    tail = _KEY_TAILS.get(purpose)
+    if tail is None:
+        tail = _part(purpose.encode())
+        if len(_KEY_TAILS) < _REMEMBERED:
+            _KEY_TAILS[purpose] = tail
+    return _sha256(head + _part(subject) + tail).digest()
+
+
+# Controllers and purposes repeat in nearly every key: their encoded parts, remembered
+# (up to a bound, so that many distinct names only cost the encoding again).
+_REMEMBERED = 4096
+_KEY_HEADS: dict[str, bytes] = {}
+_KEY_TAILS: dict[str, bytes] = {}
 
 
 def leaf_hash(key: bytes, value_hash: bytes) -> bytes:
