@@ -37,7 +37,14 @@ from ledger.events import StatusRoot
 from ledger.note import Ed25519Signer, Ed25519Verifier
 from ledger.raft.log import RaftLog
 from ledger.raft.membership import Membership
-from ledger.raft.messages import Entry, EntryKind, HardState, Message, Ready
+from ledger.raft.messages import (
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    Ready,
+    may_precede_persistence,
+)
 from ledger.raft.node import MembershipChangeError, NotLeaderError, RaftNode
 from ledger.signed import SignedEvent
 from node.cluster_config import ClusterConfig
@@ -346,16 +353,15 @@ class Replica:
             self._state_last = entry.index
         hard = None if rd.hard_state is None else (rd.hard_state.term,
                                                    rd.hard_state.voted_for)
+        early = [m for m in rd.messages if may_precede_persistence(m)]
+        self._send(early)  # a leader's entries go out while it writes them itself
         if hard is not None or rows:
             await storage.persist(hard_state=hard, truncate_after=None, rows=rows,
                                   entries=ledger_rows)
         if rows:
             self._persisted_last = rows[-1].index
             self.cosigner.entries_persisted()
-        for message in rd.messages:
-            link = self.links.get(message.dst)
-            if link is not None:
-                link.send(message)
+        self._send([m for m in rd.messages if not may_precede_persistence(m)])
         self.raft.advance(rd, refused_from=refused)
         if rd.newly_committed is not None:
             for index in [i for i in self._config_waiters if i <= rd.commit_index]:
@@ -367,6 +373,12 @@ class Replica:
                 self.committed_size = committed
                 self._publish.set()
         self._wake.set()
+
+    def _send(self, messages: list[Message]) -> None:
+        for message in messages:
+            link = self.links.get(message.dst)
+            if link is not None:
+                link.send(message)
 
     async def _admit(self, entry: Entry) -> list[tuple[int, bytes, bytes, bytes]] | None:
         """Check a leader's batch as an auditor would; its rows, or None to refuse it."""

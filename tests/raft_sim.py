@@ -40,6 +40,7 @@ from ledger.raft import (
     VoteReply,
 )
 from ledger.raft.cosigning import CosignGuard, CosignRefused
+from ledger.raft.messages import may_precede_persistence
 
 GENESIS_ROOT = b"\0" * 32
 LIVENESS_TICKS = 1500
@@ -195,9 +196,22 @@ class Simulation:
             if core is None or not core.has_ready():
                 return
             ready = core.ready()
-            if crash_chance and self.rng.random() < crash_chance:
+            # As node/replica.py does: a leader's AppendEntries leave before its own write.
+            # A crash comes before anything, or (half the time, when there are such
+            # messages) after they left and before the write.
+            crash = bool(crash_chance) and self.rng.random() < crash_chance
+            early = [m for m in ready.messages if may_precede_persistence(m)]
+            if crash and (not early or self.rng.random() < 0.5):
                 self.counts["faults"] += 1
                 self.log(f"{node.id} crashes between ready() and advance()")
+                node.crash()
+                return
+            for msg in early:
+                self.check_durable_promise(node, msg)
+                self.send(self.with_data(node, msg, ready.entries), faults=self.faults_on)
+            if crash:
+                self.counts["faults"] += 1
+                self.log(f"{node.id} crashes after sending entries, before persisting them")
                 node.crash()
                 return
             disk = node.disk
@@ -223,13 +237,21 @@ class Simulation:
             if ready.newly_committed is not None:
                 self.apply(node, ready.commit_index)
             for msg in ready.messages:
+                if may_precede_persistence(msg):
+                    continue
                 self.check_durable_promise(node, msg)
-                if isinstance(msg, AppendEntries) and any(e.data is None for e in msg.entries):
-                    msg = AppendEntries(msg.term, msg.src, msg.dst, msg.prev_index,
-                                        msg.prev_term, tuple(self.attach(node, e)
-                                                             for e in msg.entries), msg.commit)
-                self.send(msg, faults=self.faults_on)
+                self.send(self.with_data(node, msg, ()), faults=self.faults_on)
             core.advance(ready, refused_from=refused_from)
+
+    def with_data(self, node: SimNode, msg: Message, unwritten: tuple[Entry, ...]) -> Message:
+        """The message with its entries' payloads: from disk, or from the Ready being
+        written (what a leader sends before persisting it)."""
+        if not isinstance(msg, AppendEntries) or all(e.data is not None for e in msg.entries):
+            return msg
+        fresh = {(e.index, e.term): e for e in unwritten}
+        return AppendEntries(msg.term, msg.src, msg.dst, msg.prev_index, msg.prev_term,
+                             tuple(fresh.get((e.index, e.term)) or self.attach(node, e)
+                                   for e in msg.entries), msg.commit)
 
     faults_on = True
 

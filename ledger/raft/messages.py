@@ -101,6 +101,21 @@ class Ready:
     hard_state: HardState | None  # persist if not None (before sending messages)
     truncate_after: int | None  # first delete persisted entries with index > truncate_after
     entries: tuple[Entry, ...]  # then durably append these (data always present)
-    messages: tuple[Message, ...]  # then send these (only after the above is durable)
+    messages: tuple[Message, ...]  # then send these (only after the above is durable,
+    #   except what may_precede_persistence allows)
     commit_index: int  # entries <= commit_index are committed AND persisted here
     newly_committed: tuple[int, int] | None  # (lo, hi] committed since the last Ready
+
+
+def may_precede_persistence(message: Message) -> bool:
+    """Whether the I/O layer may send `message` before it persists the Ready holding it.
+
+    Only a leader sends AppendEntries, and a leader may replicate entries while it writes
+    them to its own disk (Raft thesis, 10.2.1): it counts itself toward a commit only
+    once advance() reports them durable, and a follower's acknowledgement is a promise
+    about the follower's disk, not the leader's. Overlapping the two writes takes one
+    disk write off every commit's path. Every other message carries a promise (a vote,
+    an acknowledgement) or a term that must be durable first.
+    """
+    return isinstance(message, AppendEntries)
+
