@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import operator
 from collections.abc import Callable
+from itertools import pairwise, repeat
 from typing import Any
 
 import msgpack
@@ -107,17 +109,24 @@ def map_leaves(status_map: StatusMap) -> list[tuple[Any, ...]]:
 
 
 def capture(state: LedgerState) -> Capture:
-    """Copy what may change; the caller keeps the state still until this returns."""
+    """Copy what may change; the caller keeps the state still until this returns.
+
+    Never writes to the state (it may run in another thread): a state whose status map
+    has changes pending (a batch not yet closed by a status root) raises ValueError.
+    """
+    if state._map_dirty:
+        raise ValueError("the status map has changes pending")
     return Capture(
         size=state.size, prev=state.prev, last_time=state.last_time, origin=state.origin,
         operator_key_id=state.operator_key_id, max_skew_ms=state.max_skew_ms,
-        map_root=state.map_root(), ids=dict(state._ids), keys=dict(state.keys),
+        map_root=state.map.root(), ids=dict(state._ids), keys=dict(state.keys),
         controllers=dict(state.controllers), grants=dict(state.grants),
         statuses=dict(state.statuses), leaves=map_leaves(state.map))
 
 
 def snapshot_bytes(state: LedgerState) -> bytes:
     """The state as snapshot bytes (capture and encode at once)."""
+    state.map_root()  # applies pending status changes to the map
     return encode_capture(capture(state))
 
 
@@ -196,6 +205,9 @@ class _Reader:
             raise SnapshotError(f"{section}: expected a list")
         self.section = section
         self.rows: list[list[Any]] = rows
+        # At C speed first: the rows of a million grants are checked once, here.
+        if set(map(type, rows)) <= {list} and set(map(len, rows)) <= {width}:
+            return
         for i, row in enumerate(rows):
             if type(row) is not list or len(row) != width:
                 self.fail(i, f"expected a list of {width} fields")
@@ -323,7 +335,8 @@ def _load_statuses(state: LedgerState, statuses: Any, strings: list[str]) -> Non
     r = _Reader("statuses", statuses, 7)
     size, n_strings, out = state.size, len(strings), state.statuses
     grant_of = {g.index: gid for gid, g in state.grants.items()}
-    make = _purpose_status
+    make = _purpose_status if not _PLAIN_STATUS else None
+    new, set_dict, record = object.__new__, object.__setattr__, PurposeStatus
     for i, (controller, subject, purpose, index, grant, valid_until, withdrawn_by) \
             in enumerate(r.rows):
         if not (type(controller) is int and 0 <= controller < n_strings
@@ -339,7 +352,14 @@ def _load_statuses(state: LedgerState, statuses: Any, strings: list[str]) -> Non
         key = (strings[controller], subject, strings[purpose])
         if key in out:
             r.fail(i, "a second status for the same controller, subject and purpose")
-        out[key] = make(index, grant_of[grant], valid_until, withdrawn_by)
+        if make is None:  # _purpose_status inlined: this runs once per status
+            status = new(record)
+            set_dict(status, "__dict__", {"index": index, "grant": grant_of[grant],
+                                          "valid_until": valid_until,
+                                          "withdrawn_by": withdrawn_by})
+            out[key] = status
+        else:
+            out[key] = make(index, grant_of[grant], valid_until, withdrawn_by)
 
 
 def _natural(value: Any) -> bool:
@@ -394,42 +414,38 @@ def map_from_sorted_leaves(leaves: bytes) -> StatusMap:
     `StatusMap.from_sorted_leaves` would own this.
     """
     status_map = StatusMap()
-    n = len(leaves) // (2 * _HASH)
-    if n == 0:
+    step = 2 * _HASH
+    keys = [leaves[at:at + _HASH] for at in range(0, len(leaves), step)]
+    if not keys:
         return status_map
+    values = [leaves[at:at + _HASH] for at in range(_HASH, len(leaves), step)]
     sha: Callable[[bytes], Any] = _sha256
+    tag = LEAF_TAG
+    hashes = [sha(tag + k + v).digest() for k, v in zip(keys, values, strict=True)]
+    nodes: list[Any] = list(zip(repeat(-1), keys, values, hashes, strict=True))
+    ints = [int.from_bytes(k, "big") for k in keys]
+    # The branching between neighbours sits at the highest bit where they differ.
+    shifts = [(a ^ b).bit_length() - 1 for a, b in pairwise(ints)]
+    if any(map(operator.ge, ints, ints[1:])):
+        at = next(i for i, (a, b) in enumerate(pairwise(ints)) if a >= b)
+        raise SnapshotError(f"leaves[{at + 1}]: keys are not in increasing order")
     prefix = _PREFIX_BY_SHIFT
     spine: list[list[Any]] = []  # branchings whose right side is still open, top first
     push, pop = spine.append, spine.pop
-    previous = -1
-    current: Any = None
-    for at in range(0, len(leaves), 2 * _HASH):
-        key = leaves[at:at + _HASH]
-        value = leaves[at + _HASH:at + 2 * _HASH]
-        k = int.from_bytes(key, "big")
-        leaf = (-1, key, value, sha(LEAF_TAG + key + value).digest())
-        if current is None:
-            current = leaf
-            previous = k
-            continue
-        if k <= previous:
-            raise SnapshotError(f"leaves[{at // (2 * _HASH)}]: keys are not in increasing order")
-        shift = (k ^ previous).bit_length() - 1
-        node = current
+    for shift, node in zip(shifts, nodes, strict=False):
+        # `node` is the leaf left of this branching; close the branchings below it.
         while spine and spine[-1][0] < shift:
             top = pop()
             top[2] = node
             top[3] = sha(prefix[top[0]] + top[1][3] + node[3]).digest()
             node = top
         push([shift, node, None, None])
-        current = leaf
-        previous = k
-    node = current
+    node = nodes[-1]
     while spine:
         top = pop()
         top[2] = node
         top[3] = sha(prefix[top[0]] + top[1][3] + node[3]).digest()
         node = top
     status_map._root = node
-    status_map._len = n
+    status_map._len = len(keys)
     return status_map

@@ -37,6 +37,9 @@ class NodeConfig:
     max_commit_entries: int = 4096
     max_skew_ms: int = 10 * 60 * 1000
     verify_threads: int = max(2, os.cpu_count() or 2)
+    # A state snapshot every this many committed entries, so that a restart replays only
+    # the entries after the newest one (0: never).
+    snapshot_every: int = 100_000
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -48,6 +51,8 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_skew_ms < 0:
             raise ConfigError("max_skew_ms must not be negative")
+        if self.snapshot_every < 0:
+            raise ConfigError("snapshot_every must not be negative (0: no snapshots)")
         if (self.cluster_file is None) != (self.member is None):
             raise ConfigError("a cluster member needs both cluster_file and member")
         if self.log_level not in ("debug", "info", "warning", "error"):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from ledger.checkpoint import Checkpoint
 from ledger.tree import MerkleTree
 from node.sequencer import CommitBatch
+from node.snapshots import Snapshotter
 from node.storage import Storage, TileRow
 
 
@@ -18,14 +19,20 @@ def touched_tiles(tree: MerkleTree, old_size: int, new_size: int) -> list[TileRo
 
 
 def local_commit(storage: Storage, tree: MerkleTree, origin: str,
-                 sign: Callable[[Checkpoint], bytes]) -> CommitBatch:
-    """Sign the new checkpoint and store it with the batch's entries and tiles, atomically."""
+                 sign: Callable[[Checkpoint], bytes], *,
+                 snapshots: Snapshotter | None = None) -> CommitBatch:
+    """Sign the new checkpoint and store it with the batch's entries and tiles, atomically.
+
+    Then, while the sequencer still awaits this commit (its state holds exactly the
+    committed entries), let `snapshots` capture the state if a snapshot is due."""
 
     async def commit(rows: list[tuple[int, bytes, bytes, bytes]], old_size: int,
                      new_size: int) -> bytes:
         note = sign(Checkpoint(origin, new_size, tree.root(new_size)))
         await storage.commit_batch(rows, touched_tiles(tree, old_size, new_size),
                                    new_size, note)
+        if snapshots is not None:
+            await snapshots.after_commit(new_size)
         return note
 
     return commit

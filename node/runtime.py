@@ -27,6 +27,7 @@ from node.local_commit import local_commit
 from node.metrics import Metrics
 from node.recovery import recover
 from node.sequencer import Sequencer
+from node.snapshots import Snapshotter
 from node.storage import Storage
 from node.verifier import SignatureVerifier
 
@@ -123,7 +124,9 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
         metrics = Metrics(tree_size=tree.size)
         sequencer = Sequencer(
             state=state, tree=tree,
-            commit=local_commit(storage, tree, origin, lambda cp: sign_checkpoint(cp, signer)),
+            commit=local_commit(storage, tree, origin, lambda cp: sign_checkpoint(cp, signer),
+                                snapshots=Snapshotter(storage, lambda: state,
+                                                      every=config.snapshot_every)),
             checkpoint=checkpoint or sign_checkpoint(Checkpoint(origin, 0, tree.root()), signer),
             metrics=metrics, max_queue=config.max_queue,
             max_commit_entries=config.max_commit_entries,

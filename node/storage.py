@@ -1,4 +1,4 @@
-"""Durable storage on SQLite (through aiosqlite): entries, tiles, checkpoints.
+"""Durable storage on SQLite (through aiosqlite): entries, tiles, checkpoints, snapshots.
 
 One transaction per sequenced batch holds the batch's entries, every tile it touched
 and the checkpoint that covers it; WAL with synchronous=FULL makes COMMIT wait for
@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS tiles (
     PRIMARY KEY (level, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (size INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
 
 
@@ -186,3 +187,23 @@ class Storage:
         row = await (await self._db.execute(
             "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]))
+
+    # ---------------------------------------------------------------- state snapshots
+
+    async def store_snapshot(self, size: int, data: bytes, *, keep: int) -> None:
+        """Store the state snapshot at `size`; only the `keep` largest sizes stay."""
+        async with self.transaction() as db:
+            await db.execute("INSERT OR REPLACE INTO snapshots(size, data) VALUES (?, ?)",
+                             (size, data))
+            await db.execute("DELETE FROM snapshots WHERE size NOT IN "
+                             "(SELECT size FROM snapshots ORDER BY size DESC LIMIT ?)", (keep,))
+
+    async def snapshot_sizes(self) -> list[int]:
+        """The sizes snapshots are stored at, largest first."""
+        rows = await self._db.execute_fetchall("SELECT size FROM snapshots ORDER BY size DESC")
+        return [int(r[0]) for r in rows]
+
+    async def snapshot(self, size: int) -> bytes | None:
+        row = await (await self._db.execute("SELECT data FROM snapshots WHERE size=?", (size,))
+                     ).fetchone()
+        return None if row is None else bytes(row[0])

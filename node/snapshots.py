@@ -1,0 +1,88 @@
+"""Taking state snapshots while the node runs, so that a restart replays only a tail.
+
+Every `every` committed entries the node captures its state (ledger/state_snapshot.py)
+and stores it, keeping the newest two. Only a committed size is ever snapshotted: the
+caller reports a size once it is durable (one node) or published (a cluster member),
+and a capture is kept only if the state still holds exactly that many entries when it
+ends, so a cluster member's uncommitted tail never enters a snapshot.
+
+Capturing (shallow copies, the status map's leaves) must see the state hold still: on
+one node the sequencer awaits its commit, hence `after_commit`, while the capture runs
+in a thread and the event loop keeps serving reads. Encoding the capture and writing
+it happen in the background after that, while the state moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from ledger.state import LedgerState
+from ledger.state_snapshot import Capture, capture, encode_capture
+from node.storage import Storage
+
+log = logging.getLogger("consent_ledger.snapshots")
+
+KEEP = 2  # the newest, and one to fall back on if the newest is refused
+
+
+class Snapshotter:
+    def __init__(self, storage: Storage, state: Callable[[], LedgerState], *,
+                 every: int) -> None:
+        self._storage = storage
+        self._state = state  # a cluster member replaces its state when it reloads
+        self._every = every
+        self._last: int | None = None  # size of the newest stored snapshot
+        self._writing: asyncio.Task[None] | None = None
+
+    def _due(self, size: int) -> bool:
+        return (self._every > 0 and self._last is not None and size - self._last >= self._every
+                and (self._writing is None or self._writing.done()))
+
+    async def after_commit(self, size: int) -> None:
+        """`size` entries are committed: capture the state if a snapshot is due.
+
+        Call it before the state moves past `size`; it returns once the capture is done.
+        """
+        if self._every == 0:
+            return
+        if self._last is None:
+            sizes = await self._storage.snapshot_sizes()
+            self._last = sizes[0] if sizes else 0
+        state = self._state()
+        if not self._due(size) or state.size != size:
+            return  # not yet, or the state is past what is committed: a later commit
+        started = time.perf_counter()
+        try:
+            captured = await asyncio.to_thread(capture, state)
+        except (ValueError, RuntimeError):  # the state changed under the copy
+            captured = None
+        if captured is None or state is not self._state() or state.size != size \
+                or captured.size != size:
+            log.debug("state moved during capture; snapshot deferred", extra={"size": size})
+            return
+        self._last = size
+        self._writing = asyncio.create_task(
+            self._write(captured, time.perf_counter() - started), name="snapshot")
+
+    async def _write(self, captured: Capture, capture_seconds: float) -> None:
+        started = time.perf_counter()
+        try:
+            data = await asyncio.to_thread(encode_capture, captured)
+            await self._storage.store_snapshot(captured.size, data, keep=KEEP)
+        except Exception as exc:  # the log is intact; the next snapshot is due sooner
+            self._last = None
+            log.warning("state snapshot not stored",
+                        extra={"size": captured.size, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        log.info("state snapshot stored", extra={
+            "size": captured.size, "bytes": len(data),
+            "capture_ms": round(capture_seconds * 1000, 1),
+            "write_ms": round((time.perf_counter() - started) * 1000, 1)})
+
+    async def close(self) -> None:
+        """Wait for a snapshot being written (at shutdown, before storage closes)."""
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)
