@@ -40,7 +40,7 @@ import dataclasses
 import hashlib
 import operator
 from collections.abc import Callable
-from itertools import pairwise, repeat
+from itertools import pairwise
 from typing import Any
 
 import msgpack
@@ -422,7 +422,7 @@ def map_from_sorted_leaves(leaves: bytes) -> StatusMap:
     sha: Callable[[bytes], Any] = _sha256
     tag = LEAF_TAG
     hashes = [sha(tag + k + v).digest() for k, v in zip(keys, values, strict=True)]
-    nodes: list[Any] = list(zip(repeat(-1), keys, values, hashes, strict=True))
+    nodes: list[Any] = list(zip([-1] * len(keys), keys, values, hashes, strict=True))
     ints = [int.from_bytes(k, "big") for k in keys]
     # The branching between neighbours sits at the highest bit where they differ.
     shifts = [(a ^ b).bit_length() - 1 for a, b in pairwise(ints)]
