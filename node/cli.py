@@ -21,7 +21,7 @@ from node.logs import setup_logging
 from node.serving import serve_until_signalled
 from node.storage import StorageError
 
-NODE_COMMANDS = ("node", "up", "cluster", "mirror")
+NODE_COMMANDS = ("node", "up", "cluster", "mirror", "fsck")
 
 
 def _node_flags(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from client.cli import main as client_main
 
         return client_main(argv)
+    if argv[0] == "fsck":
+        from node.fsck import fsck_main
+
+        return _reporting_errors(lambda: fsck_main(argv[1:]))
     if argv[0] == "mirror":
         from node.mirror_app import mirror_main
 
