@@ -253,7 +253,7 @@ def _check_each(item: Spec, values: Sequence[Any], path: str) -> None:
 def _all_valid(item: Spec) -> Callable[[Sequence[Any]], bool] | None:
     """A compiled `all(fast_test(v) for v in values)` for the item spec, if it has one."""
     try:
-        return item.__dict__["_all_valid"]  # type: ignore[no-any-return]
+        return item.__dict__["_all_valid"]
     except KeyError:
         pass
     ns: dict[str, Any] = {}

@@ -67,13 +67,13 @@ def compile_decoder(cls: type, fields: tuple[Any, ...], helpers: dict[str, Any])
         nested = getattr(f.spec, "record", None)
         if nested is not None:  # a nested record: straight to its own compiled decoder
             ns[f"d{i}"] = helpers["decoder_of"](nested)
-            decode = f"d{i}(v, {where})"
+            call = f"d{i}(v, {where})"
         else:
-            decode = f"s{i}.decode(v, {where})"
+            call = f"s{i}.decode(v, {where})"
         if fast is None:
-            body.append(f"    else:\n        v = {decode}")
+            body.append(f"    else:\n        v = {call}")
         else:
-            body.append(f"    elif not ({fast}):\n        v = {decode}")
+            body.append(f"    elif not ({fast}):\n        v = {call}")
         body.append(f"    _set(rec, {f.name!r}, v)")
     if "encoded" in cls.__dict__:
         # A record that caches its own encoding is given the bytes it was decoded from,

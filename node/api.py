@@ -246,14 +246,30 @@ async def get_status(request: web.Request) -> web.Response:
         from node.cluster_api import forward_to_leader
 
         return await forward_to_leader(request, rt.replica, None)
-    await _map_settled(rt)
-    # From here to the response nothing awaits until the proofs are taken, so the map,
-    # the tree and the checkpoint are the ones of the same committed batch.
-    size = rt.sequencer.committed_size
-    checkpoint = rt.sequencer.checkpoint
-    proof = rt.state.map.prove(map_key(controller, subject, purpose))
-    latest = rt.state.statuses.get((controller, subject, purpose))
-    inclusion = rt.tree.inclusion_proof(size - 1, size)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2.0
+    while True:
+        async with rt.sequencer.map_as_published():
+            sequencer = rt.sequencer
+            if not sequencer.healthy:
+                raise_problem("unavailable", "the sequencer has stopped after a storage "
+                              "failure", headers={"Retry-After": "5"})
+            # Nothing awaits from here to the proofs: map, tree and checkpoint are those of
+            # one committed batch.
+            size = sequencer.committed_size
+            if 0 < size == rt.tree.size:
+                checkpoint = sequencer.checkpoint
+                proof = rt.state.map.prove(map_key(controller, subject, purpose))
+                latest = rt.state.statuses.get((controller, subject, purpose))
+                inclusion = rt.tree.inclusion_proof(size - 1, size)
+                break
+        # A member elected moments ago holds entries (its predecessor's last ones, at least
+        # the genesis) that no checkpoint of its own covers yet: it publishes one shortly.
+        left = deadline - loop.time()
+        if left <= 0 or not await rt.sequencer.wait_for_size(max(rt.tree.size, 1), left):
+            raise_problem("no-leader", "this member has just been elected and has not yet "
+                          "published a checkpoint covering its log; retry shortly",
+                          headers={"Retry-After": "1"})
     (root_entry,) = await rt.storage.entry_data(size - 1, size)  # immutable once written
     now = time.time_ns() // 1_000_000
     return web.json_response({
@@ -265,31 +281,6 @@ async def get_status(request: web.Request) -> web.Response:
         "inclusion_proof": [b64(h) for h in inclusion],
         "checkpoint": checkpoint.decode(),
     })
-
-
-async def _map_settled(rt: NodeRuntime) -> None:
-    """Wait until the status map is the one the served checkpoint commits to.
-
-    While a batch is being committed its root is not yet in a checkpoint; and a member
-    that has just been elected holds entries (its predecessor's last ones, at least the
-    genesis) that no checkpoint of its own covers yet: it publishes one within moments.
-    """
-    deadline = asyncio.get_running_loop().time() + 2.0
-    while True:
-        sequencer = rt.sequencer
-        if not sequencer.map_stable.is_set():
-            await sequencer.map_stable.wait()
-            continue
-        if not sequencer.healthy:
-            raise_problem("unavailable", "the sequencer has stopped after a storage failure",
-                          headers={"Retry-After": "5"})
-        if 0 < sequencer.committed_size == rt.tree.size:
-            return
-        left = deadline - asyncio.get_running_loop().time()
-        if left <= 0 or not await sequencer.wait_for_size(max(rt.tree.size, 1), left):
-            raise_problem("no-leader", "this member has just been elected and has not yet "
-                          "published a checkpoint covering its log; retry shortly",
-                          headers={"Retry-After": "1"})
 
 
 async def get_keys(request: web.Request) -> web.Response:

@@ -27,6 +27,9 @@ from node.verifier import SignatureVerifier
 log = logging.getLogger("consent_ledger.node")
 
 CLUSTER_MAX_BATCH = 1000
+# A commit waits for the followers to re-verify the batch: meanwhile the leader admits the
+# next ones. Measured with bench.bench_cluster (BENCHMARKS.md).
+CLUSTER_IN_FLIGHT = 3
 
 
 @contextlib.asynccontextmanager
@@ -78,7 +81,8 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
             metrics=metrics, max_queue=config.max_queue,
             # Each member re-verifies a batch in one go on its event loop: smaller batches
             # keep its heartbeats and votes flowing under load.
-            max_commit_entries=min(config.max_commit_entries, CLUSTER_MAX_BATCH))
+            max_commit_entries=min(config.max_commit_entries, CLUSTER_MAX_BATCH),
+            max_in_flight=CLUSTER_IN_FLIGHT)
         sequencer.committed_size = published
         operator = state.keys[state.operator_key_id].public_key \
             if state.operator_key_id is not None else b""

@@ -6,17 +6,23 @@ checkpoint for the whole batch and commits everything in one SQLite transaction.
 then are the submitters' futures resolved: an acknowledged event is on disk, and the
 reply carries a signed checkpoint that covers it (publication latency = one commit).
 
-While one batch commits, the next one fills: batching grows with load by itself.
+While one batch commits, the next one fills: batching grows with load by itself. With
+`max_in_flight` above 1 (a cluster, where a commit waits for followers to re-verify the
+batch) the next batch is also admitted while earlier ones commit; replies still go out in
+order, each once its own batch and every earlier one are durable. Status readers need
+the status map to be exactly the one the served checkpoint commits to: while one waits,
+no new batch starts (`map_as_published`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from ledger.errors import OversizeError, RejectedError, SignatureError
 from ledger.events import StatusRoot
@@ -77,6 +83,7 @@ class Sequencer:
         metrics: Metrics,
         max_queue: int,
         max_commit_entries: int,
+        max_in_flight: int = 1,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self._state = state
@@ -96,6 +103,12 @@ class Sequencer:
         # Set while the status map is the one the latest checkpoint commits to.
         self.map_stable = asyncio.Event()
         self.map_stable.set()
+        self._max_in_flight = max_in_flight
+        # One task per sequenced batch, oldest first: each resolves its submitters once its
+        # commit and every earlier batch's have settled.
+        self._in_flight: deque[asyncio.Future[None]] = deque()
+        self._map_readers = 0
+        self._readers_gone = asyncio.Event()
 
     # ---------------------------------------------------------------- submitting
 
@@ -123,8 +136,25 @@ class Sequencer:
         return futures
 
     def reset(self, state: LedgerState, tree: MerkleTree) -> None:
-        """Sequence onto a ledger reloaded from disk (a cluster member after a truncation)."""
+        """Sequence onto a ledger reloaded from disk (a cluster member after a truncation).
+
+        A batch admitted onto the old ledger but not yet handed to `commit` is dropped
+        (its submitters are told to retry), never committed on top of the new one."""
         self._state, self._tree = state, tree
+
+    @contextlib.asynccontextmanager
+    async def map_as_published(self) -> AsyncIterator[None]:
+        """Hold new batches off until the status map is the one the served checkpoint
+        commits to; the caller reads map, tree and checkpoint without awaiting."""
+        self._map_readers += 1
+        try:
+            while not self.map_stable.is_set():
+                await self.map_stable.wait()
+            yield
+        finally:
+            self._map_readers -= 1
+            if not self._map_readers:
+                self._readers_gone.set()
 
     def published(self, size: int, checkpoint: bytes) -> None:
         """A newer (or newly cosigned) checkpoint to serve, published by the cluster."""
@@ -164,8 +194,14 @@ class Sequencer:
     async def run(self) -> None:
         try:
             while True:
+                if self._failed is not None:
+                    raise self._failed
                 if not self._queue:
                     if self._closing:
+                        while self._in_flight:
+                            await asyncio.wait([self._in_flight[-1]])
+                        if self._failed is not None:
+                            raise self._failed
                         return
                     self._wakeup.clear()
                     await self._wakeup.wait()
@@ -173,10 +209,13 @@ class Sequencer:
                 await self._sequence_one_batch()
         except asyncio.CancelledError:
             self._fail_pending(UnavailableError("the node is shutting down"))
+            for task in self._in_flight:
+                task.cancel()
             raise
         except BaseException as exc:
             # State is now ahead of disk: stop taking writes; a restart recovers from disk.
-            log.exception("sequencer stopped: storage failure")
+            if exc is not self._failed:
+                log.exception("sequencer stopped: storage failure")
             self._failed = exc
             self.map_stable.set()  # release status readers: they see `healthy` is false
             self._fail_pending(UnavailableError(f"storage failure: {exc}"))
@@ -193,11 +232,22 @@ class Sequencer:
                 p.future.set_exception(exc)
 
     async def _sequence_one_batch(self) -> None:
+        if self._map_readers:
+            # A status reader waits for the map to match the checkpoint: let the batches in
+            # flight land and the reader read before the map moves on.
+            while self._in_flight:
+                await asyncio.wait([self._in_flight[-1]])
+            while self._map_readers:
+                self._readers_gone.clear()
+                await self._readers_gone.wait()
+            if not self._queue:
+                return
         state, tree = self._state, self._tree
         old_size = tree.size
         now = max(self._clock_ms(), state.last_time)  # a clock stepped back must not show
         taken: list[tuple[_Pending, Outcome]] = []
         rows: list[tuple[int, bytes, bytes, bytes]] = []
+        self.map_stable.clear()  # statuses move as events are admitted
         while self._queue and len(rows) < self._max_commit:
             p = self._queue.popleft()
             outcome: Outcome
@@ -219,35 +269,72 @@ class Sequencer:
                     outcome = Accepted(entry.index, p.signed.id, entry.leaf_hash, False)
             taken.append((p, outcome))
         self._metrics.queue_depth = len(self._queue)
+        commit: asyncio.Future[bytes] | None = None
         if rows:
             # Every batch ends with the log's own status root, so the last entry of every
             # checkpoint commits to the status map over all entries before it.
-            self.map_stable.clear()
             root = state.admit(log_authored(StatusRoot(size=state.size,
                                                        map_root=state.map_root())),
                                now, signature_verified=True)
             tree.append(root.leaf_hash)
             rows.append((root.index, root.signed.id, root.leaf_hash, root.encoded))
-            started = time.perf_counter()
-            try:
-                note = await self._commit(rows, old_size, tree.size)
-            except BaseException as exc:
-                failure = exc if isinstance(exc, UnavailableError) else UnavailableError(
-                    f"storage failure: {exc}")
+            commit = asyncio.ensure_future(self._commit_onto(state, rows, old_size, tree.size))
+        previous = self._in_flight[-1] if self._in_flight else None
+        self._in_flight.append(asyncio.ensure_future(self._settle(
+            commit, previous, taken, len(rows), tree.size, time.perf_counter())))
+        # Let the commit start (a cluster proposes and sends it) before admitting more.
+        await asyncio.sleep(0)
+        while len(self._in_flight) >= self._max_in_flight:
+            await asyncio.wait([self._in_flight[0]])
+
+    async def _commit_onto(self, state: LedgerState, rows: list[tuple[int, bytes, bytes, bytes]],
+                           old_size: int, new_size: int) -> bytes:
+        if state is not self._state:
+            raise UnavailableError("the ledger was reloaded while this batch waited to be "
+                                   "committed; retry: writes are idempotent")
+        return await self._commit(rows, old_size, new_size)
+
+    async def _settle(self, commit: asyncio.Future[bytes] | None,
+                      previous: asyncio.Future[None] | None,
+                      taken: list[tuple[_Pending, Outcome]], count: int, new_size: int,
+                      started: float) -> None:
+        """Answer one batch's submitters, in order: after every earlier batch has settled
+        (a duplicate may point into one of them) and its own commit is durable."""
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])
+            failure: BaseException | None = None
+            note = None
+            if commit is not None:
+                try:
+                    note = await commit
+                except BaseException as exc:  # every failure is answered to its submitters
+                    failure = exc
+            if failure is None and self._failed is not None:
+                failure = UnavailableError("an earlier batch failed to commit")
+            if failure is not None:
+                answer = failure if isinstance(failure, UnavailableError) else \
+                    UnavailableError(f"storage failure: {failure}")
                 for p, _ in taken:
                     if not p.future.done():
-                        p.future.set_exception(failure)
-                if isinstance(exc, UnavailableError):  # not leader any more: not fatal
-                    self.map_stable.set()
-                    return
-                raise
-            self.committed_size = tree.size
-            self.checkpoint = note
-            self._wake_size_waiters()
-            self.map_stable.set()
-            self._metrics.observe_commit(len(rows), time.perf_counter() - started, tree.size)
-        done = time.perf_counter()
-        for p, outcome in taken:
-            self._metrics.observe_latency(done - p.queued_at)
-            if not p.future.done():
-                p.future.set_result(outcome)
+                        p.future.set_exception(answer)
+                if not isinstance(failure, UnavailableError) and self._failed is None:
+                    # State is now ahead of disk: stop; a restart recovers from disk.
+                    log.error("sequencer stopped: storage failure", exc_info=failure)
+                    self._failed = failure
+                    self._wakeup.set()
+                return
+            if note is not None:
+                self.committed_size = new_size
+                self.checkpoint = note
+                self._wake_size_waiters()
+                self._metrics.observe_commit(count, time.perf_counter() - started, new_size)
+            done = time.perf_counter()
+            for p, outcome in taken:
+                self._metrics.observe_latency(done - p.queued_at)
+                if not p.future.done():
+                    p.future.set_result(outcome)
+        finally:
+            self._in_flight.popleft()
+            if not self._in_flight:
+                self.map_stable.set()

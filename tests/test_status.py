@@ -154,11 +154,20 @@ async def test_a_tampered_answer_is_caught(node: NodeProcess, session: aiohttp.C
 
 async def test_an_answer_for_another_key_is_caught(node: NodeProcess,
                                                    session: aiohttp.ClientSession) -> None:
+    # A granted key's answer, passed off as another's. (Two absent keys may share one
+    # absence proof, rightly: the leaf where both would sit holds neither.)
+    key = await register_controller(session, node.url, node.data_dir / "operator.key",
+                                    controller="shop.example")
     vkey = await log_key(session, node.url)
+    t = now_ms()
+    status, _, _ = await post(session, node.url, sign_event(
+        grant(subject=b"p" * 32, consented_at=t, valid_until=t + 10**8), key))
+    assert status == 200
     answer = await status_of(session, node.url, b"p" * 32, "dpv:Marketing")
+    assert answer["status"] == "ConsentGiven"
     with pytest.raises(LogVerificationError):
         verify_status(answer, controller=CONTROLLER, subject=b"q" * 32,
-                      purpose="dpv:Marketing", open_checkpoint=opener(vkey), now_ms=now_ms())
+                      purpose="dpv:Marketing", open_checkpoint=opener(vkey), now_ms=t)
 
 
 async def test_status_needs_its_parameters(node: NodeProcess,
