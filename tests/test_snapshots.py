@@ -1,0 +1,216 @@
+"""A node takes state snapshots as it commits and restarts from the newest one that agrees
+with its log, replaying only the entries after it; a bad snapshot costs a full replay,
+never a wrong state; fsck replays everything and compares."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cliutil import cli, one_line_error
+from factories import grant, revoke
+from nodeclient import now_ms, post, register_controller
+from nodeproc import NodeProcess
+
+from ledger.signed import SignedEvent, sign_batch, sign_event
+
+EVERY = 100
+BATCHES = 8
+PER_BATCH = 50
+
+
+def _db(proc: NodeProcess) -> sqlite3.Connection:
+    return sqlite3.connect(proc.data_dir / "ledger.sqlite")
+
+
+def snapshot_sizes(proc: NodeProcess) -> list[int]:
+    db = _db(proc)
+    try:
+        return [r[0] for r in db.execute("SELECT size FROM snapshots ORDER BY size DESC")]
+    finally:
+        db.close()
+
+
+def _sql(proc: NodeProcess, statement: str, *args: object) -> None:
+    db = _db(proc)
+    with db:
+        db.execute(statement, args)
+    db.close()
+
+
+def recoveries(proc: NodeProcess) -> list[dict[str, Any]]:
+    """The node's 'recovered the ledger' log lines, oldest first."""
+    lines = [json.loads(line) for line in proc.stderr().splitlines() if line.startswith("{")]
+    return [line for line in lines if line["msg"] == "recovered the ledger"]
+
+
+def refusals(proc: NodeProcess) -> list[str]:
+    lines = [json.loads(line) for line in proc.stderr().splitlines() if line.startswith("{")]
+    return [line["reason"] for line in lines if line["msg"].startswith("state snapshot refused")]
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with session.get(url) as resp:
+        return resp.status, await resp.text()
+
+
+async def served(proc: NodeProcess, subjects: list[bytes]) -> tuple[str, list[str]]:
+    """The checkpoint and the proven status answers for each subject's two purposes."""
+    async with aiohttp.ClientSession() as s:
+        status, checkpoint = await _get(s, f"{proc.url}/checkpoint")
+        assert status == 200
+        answers = []
+        for subject in subjects:
+            for purpose in ("dpv:Marketing", "shop.example:newsletter"):
+                status, text = await _get(
+                    s, f"{proc.url}/v1/status?controller=shop.example&subject={subject.hex()}"
+                    f"&purpose={purpose}")
+                assert status == 200, text
+                answers.append(text)
+        return checkpoint, answers
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[NodeProcess, Any, list[SignedEvent]]:
+    """A stopped node that took snapshots while BATCHES batches were written to it."""
+    base = tmp_path_factory.mktemp("snapshots")
+    config = base / "node.toml"
+    config.write_text(f"snapshot_every = {EVERY}\n")
+    proc = NodeProcess(base / "data", "--origin", "test.example/snapshots",
+                       "--config", str(config))
+    proc.start()
+    grants: list[SignedEvent] = []
+
+    async def write() -> Any:
+        async with aiohttp.ClientSession() as s:
+            key = await register_controller(s, proc.url, proc.data_dir / "operator.key")
+            for b in range(BATCHES):
+                t = now_ms()
+                batch = sign_batch([grant(subject=bytes([b, i]) * 16, consented_at=t,
+                                          valid_until=t + 10**9) for i in range(PER_BATCH)], key)
+                status, body, _ = await post(s, proc.url, batch)
+                assert status == 200, body
+                grants.extend(batch)
+            return key
+
+    key = asyncio.run(write())
+    deadline = time.monotonic() + 20
+    while (sizes := snapshot_sizes(proc)) != sorted(sizes, reverse=True) or len(sizes) < 2 \
+            or sizes[0] < (BATCHES - 2) * PER_BATCH:
+        assert time.monotonic() < deadline, f"snapshots stored: {sizes}"
+        time.sleep(0.05)  # polling the database with a deadline
+    assert proc.stop() == 0
+    return proc, key, grants
+
+
+def _copy(written: tuple[NodeProcess, Any, list[SignedEvent]], tmp_path: Path) -> NodeProcess:
+    """A node on a copy of the written node's data: each test changes its own."""
+    proc = written[0]
+    shutil.copytree(proc.data_dir, tmp_path / "data")
+    return NodeProcess(tmp_path / "data", *proc.args)
+
+
+def test_snapshots_are_taken_every_n_entries_and_the_last_two_kept(
+        written: tuple[NodeProcess, Any, list[SignedEvent]]) -> None:
+    sizes = snapshot_sizes(written[0])
+    assert len(sizes) == 2
+    assert sizes[0] - sizes[1] >= EVERY
+    # Every snapshot is at a committed size: the end of a batch, one status root after it.
+    entries = 2 + 2 + BATCHES * (PER_BATCH + 1)  # genesis and register, each with a root
+    assert sizes[0] <= entries
+    assert (entries - sizes[0]) % (PER_BATCH + 1) == 0
+
+
+def test_restart_replays_only_the_entries_after_the_newest_snapshot(
+        written: tuple[NodeProcess, Any, list[SignedEvent]], tmp_path: Path) -> None:
+    _, key, grants = written
+    proc = _copy(written, tmp_path)
+    newest = snapshot_sizes(proc)[0]
+    subjects = [g.body.subject for g in grants[::37]]  # type: ignore[attr-defined]
+
+    proc.start()
+    first = recoveries(proc)[-1]
+    assert first["snapshot"] == newest
+    assert first["replayed"] == first["size"] - newest < EVERY + PER_BATCH + 1
+
+    async def write_on() -> None:
+        """The restored state knows what came before the snapshot: a duplicate and a
+        revocation of the first grant are answered from it."""
+        async with aiohttp.ClientSession() as s:
+            status, body, _ = await post(s, proc.url, [grants[0]])
+            assert status == 200 and body["results"][0]["index"] == 4, body
+            status, body, _ = await post(s, proc.url, [sign_event(
+                revoke(grant=grants[0].id, revoked_at=now_ms(), by="controller"), key)])
+            assert status == 200 and "index" in body["results"][0], body
+            status, body, _ = await post(s, proc.url, [sign_event(
+                revoke(grant=grants[0].id, revoked_at=now_ms(), by="controller"), key)])
+            assert body["results"][0]["problem"]["type"].endswith("/already-revoked"), body
+
+    asyncio.run(write_on())
+    restored = asyncio.run(served(proc, subjects))
+    assert "ConsentRevoked" in restored[1][0]
+    assert proc.stop() == 0
+
+    _sql(proc, "DELETE FROM snapshots")  # the same log, replayed from genesis
+    proc.start()
+    full = recoveries(proc)[-1]
+    assert (full["snapshot"], full["replayed"]) == (0, first["size"] + 2)
+    assert asyncio.run(served(proc, subjects)) == restored
+    assert proc.stop() == 0
+
+
+def test_a_snapshot_that_disagrees_is_refused_and_recovery_falls_back(
+        written: tuple[NodeProcess, Any, list[SignedEvent]], tmp_path: Path) -> None:
+    proc = _copy(written, tmp_path)
+    newest, older = snapshot_sizes(proc)
+    proc.start()
+    size = recoveries(proc)[-1]["size"]
+    expected = asyncio.run(served(proc, []))
+    assert proc.stop() == 0
+
+    # A torn row: its digest gives it away; the older snapshot is used.
+    _sql(proc, "UPDATE snapshots SET data = CAST(substr(data, 1, length(data) - 40) || "
+               "zeroblob(40) AS BLOB) WHERE size = ?", newest)
+    proc.start()
+    assert recoveries(proc)[-1] == {**recoveries(proc)[-1], "snapshot": older,
+                                    "replayed": size - older}
+    assert "digest" in refusals(proc)[-1]
+    assert asyncio.run(served(proc, [])) == expected
+    assert proc.stop() == 0
+
+    # A valid snapshot filed under the wrong size disagrees with the log: full replay.
+    _sql(proc, "DELETE FROM snapshots WHERE size = ?", newest)
+    _sql(proc, "UPDATE snapshots SET size = ? WHERE size = ?", newest, older)
+    proc.start()
+    assert (recoveries(proc)[-1]["snapshot"], recoveries(proc)[-1]["replayed"]) == (0, size)
+    assert f"it holds {older} entries" in refusals(proc)[-1]
+    assert asyncio.run(served(proc, [])) == expected
+    assert proc.stop() == 0
+
+
+def test_fsck_replays_everything_and_compares_each_snapshot(
+        written: tuple[NodeProcess, Any, list[SignedEvent]], tmp_path: Path) -> None:
+    proc = _copy(written, tmp_path)
+    newest, older = snapshot_sizes(proc)
+    result = cli("fsck", "--data", str(proc.data_dir))
+    assert result.returncode == 0, result.stderr
+    assert f"size {older} matches the replayed state" in result.stdout
+    assert f"size {newest} matches the replayed state" in result.stdout
+    assert "checkpoint   size" in result.stdout
+
+    # A snapshot of a different state (the older one, filed as the newer) is reported.
+    _sql(proc, "DELETE FROM snapshots WHERE size = ?", newest)
+    _sql(proc, "UPDATE snapshots SET size = ? WHERE size = ?", newest, older)
+    error = one_line_error(cli("fsck", "--data", str(proc.data_dir)), 1)
+    assert f"snapshot at size {newest} does not match" in error
+
+    missing = one_line_error(cli("fsck", "--data", str(tmp_path / "nowhere")), 1)
+    assert "no ledger in" in missing
+    assert not (tmp_path / "nowhere").exists()
