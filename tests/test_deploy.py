@@ -95,7 +95,7 @@ def test_the_documented_commands_make_the_example_cluster_file(admin_dir: Path) 
     assert cluster.quorum == 2
     assert [m.url for m in cluster.members] == [f"http://10.0.0.{k}:7101" for k in (1, 2, 3, 4)]
     assert cluster.genesis == (admin_dir / "genesis.msgpack").read_bytes()
-    # The seds kept the clients' policy in step with the cluster file.
+    # The clients' policy names the same members, at their own hosts.
     assert (admin_dir / "policy.txt").read_text() == cluster.policy_text()
     assert "10.0.0.1:7102" not in (admin_dir / "policy.txt").read_text()
     # The keys the guide sends to the hosts are the ones the cluster file pins.
