@@ -17,6 +17,7 @@ from ledger.errors import DecodeError, RejectedError
 from ledger.signed import SignedEvent
 from ledger.smt import map_key
 from ledger.status import ConsentStatus
+from node.intake import IntakeBudget, IntakeFull
 from node.problems import ProblemResponse, problem_of, raise_problem
 from node.read_api import checkpoint_response, tile_response
 from node.runtime import RUNTIME, NodeRuntime
@@ -51,14 +52,19 @@ async def post_events(request: web.Request) -> web.Response:
         rt.metrics.overloaded += 1
         raise_problem("overloaded", "the write queue is full; retry in 1 s",
                       headers={"Retry-After": "1"})
-    items, single = await _read_events(request, rt)
-    verdicts = await rt.verifier.verify(rt.state, items)
-    outcomes: list[Accepted | RejectedError | None] = [
-        v if isinstance(v, RejectedError) else None for v in verdicts]
-    todo = [(i, (items[i], bool(v))) for i, v in enumerate(verdicts)
-            if not isinstance(v, RejectedError)]
     try:
-        futures = rt.sequencer.submit([pair for _, pair in todo]) if todo else []
+        with request.app[INTAKE].admit(request.content_length or rt.config.max_body_bytes):
+            items, single = await _read_events(request, rt)
+            verdicts = await rt.verifier.verify(rt.state, items)
+            outcomes: list[Accepted | RejectedError | None] = [
+                v if isinstance(v, RejectedError) else None for v in verdicts]
+            todo = [(i, (items[i], bool(v))) for i, v in enumerate(verdicts)
+                    if not isinstance(v, RejectedError)]
+            futures = rt.sequencer.submit([pair for _, pair in todo]) if todo else []
+    except IntakeFull as exc:
+        rt.metrics.overloaded += 1
+        raise_problem("overloaded", f"too many requests are being decoded ({exc}); "
+                      "retry in 1 s", headers={"Retry-After": "1"})
     except OverloadedError as exc:
         raise_problem("overloaded", str(exc), headers={"Retry-After": str(exc.retry_after)})
     except UnavailableError as exc:
@@ -324,7 +330,15 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=_OPENAPI.read_bytes(), content_type="application/yaml")
 
 
+INTAKE = web.AppKey("intake", IntakeBudget)
+
+
 def add_routes(app: web.Application) -> None:
+    def report(in_use: int) -> None:
+        if RUNTIME in app:
+            app[RUNTIME].metrics.intake_bytes = in_use
+
+    app[INTAKE] = IntakeBudget(report=report)
     app.router.add_get("/openapi.yaml", openapi)
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/checkpoint", get_checkpoint)

@@ -42,6 +42,7 @@ class Metrics:
     rejected: int = 0
     overloaded: int = 0
     queue_depth: int = 0
+    intake_bytes: int = 0
     tree_size: int = 0
     requests: dict[str, int] = dataclasses.field(default_factory=dict)
     batch_sizes: _Histogram = dataclasses.field(default_factory=lambda: _Histogram(_BATCH_BUCKETS))
@@ -71,12 +72,16 @@ class Metrics:
             "# HELP consent_ledger_rejected_total Events refused by the admission rules.",
             "# TYPE consent_ledger_rejected_total counter",
             f"consent_ledger_rejected_total {self.rejected}",
-            "# HELP consent_ledger_overloaded_total Submissions refused with 503: queue full.",
+            "# HELP consent_ledger_overloaded_total Submissions refused with 503: queue or "
+            "intake full.",
             "# TYPE consent_ledger_overloaded_total counter",
             f"consent_ledger_overloaded_total {self.overloaded}",
             "# HELP consent_ledger_queue_depth Events waiting to be sequenced.",
             "# TYPE consent_ledger_queue_depth gauge",
             f"consent_ledger_queue_depth {self.queue_depth}",
+            "# HELP consent_ledger_intake_bytes Request bodies being read and decoded.",
+            "# TYPE consent_ledger_intake_bytes gauge",
+            f"consent_ledger_intake_bytes {self.intake_bytes}",
             "# HELP consent_ledger_tree_size Size of the latest committed tree.",
             "# TYPE consent_ledger_tree_size gauge",
             f"consent_ledger_tree_size {self.tree_size}",

@@ -367,3 +367,51 @@ def test_operator_key_may_leave_the_node_after_genesis(tmp_path: Path) -> None:
         assert not (proc.data_dir / "operator.key").exists()  # not silently recreated
     finally:
         assert proc.stop() == 0
+
+
+async def _intake_bytes(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(f"{url}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith("consent_ledger_intake_bytes "):
+                return int(line.split()[1])
+    raise AssertionError("no consent_ledger_intake_bytes gauge")
+
+
+async def test_a_body_being_read_holds_the_intake_budget_and_later_bodies_are_pushed_back(
+        node: NodeProcess, session: aiohttp.ClientSession) -> None:
+    import asyncio
+    import time
+
+    from node.intake import DEFAULT_INTAKE_BYTES
+
+    key = await register_controller(session, node.url, node.data_dir / "operator.key")
+    t = now_ms()
+    batch = sign_batch([grant(consented_at=t, valid_until=t + 10**8, subject=bytes([i]) * 32)
+                        for i in range(2)], key)
+    host, port = node.url.removeprefix("http://").rsplit(":", 1)
+    # A client that announces a body as large as the whole budget and sends it slowly.
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\n"
+                 "Content-Type: application/msgpack\r\n"
+                 f"Content-Length: {DEFAULT_INTAKE_BYTES}\r\n\r\n".encode() + b"\x91")
+    await writer.drain()
+    try:
+        deadline = time.monotonic() + 10
+        while await _intake_bytes(session, node.url) < DEFAULT_INTAKE_BYTES:
+            assert time.monotonic() < deadline, "the slow body never entered intake"
+            await asyncio.sleep(0.01)  # polling a condition with a deadline
+        status, problem, headers = await post(session, node.url, batch)
+        assert status == 503, problem
+        assert problem["type"].endswith("/overloaded")
+        assert "decoded" in problem["detail"]
+        assert int(headers["Retry-After"]) >= 1
+    finally:
+        writer.close()  # the slow client gives up: its share of the budget comes back
+        await writer.wait_closed()
+    deadline = time.monotonic() + 10
+    while await _intake_bytes(session, node.url) != 0:
+        assert time.monotonic() < deadline, "an aborted body kept its intake budget"
+        await asyncio.sleep(0.01)  # polling a condition with a deadline
+    status, body, _ = await post(session, node.url, batch)
+    assert status == 200, body
+    assert all("index" in r for r in body["results"])
