@@ -188,6 +188,12 @@ class Storage:
             "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
+    async def has_table(self, name: str) -> bool:
+        """Whether the database holds this table (a cluster member's holds raft_log)."""
+        row = await (await self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,))).fetchone()
+        return row is not None
+
     # ---------------------------------------------------------------- state snapshots
 
     async def store_snapshot(self, size: int, data: bytes, *, keep: int) -> None:
