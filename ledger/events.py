@@ -85,6 +85,8 @@ def _vocabulary(dpv: str, controller: str) -> re.Pattern[str]:
 
 
 def _check_namespaced(terms: tuple[str, ...], dpv: str, controller: str, field: str) -> None:
+    if (dpv, controller, terms) in _NAMESPACED:  # the same few sets of terms, again and again
+        return
     vocabulary = _vocabulary(dpv, controller)
     for i, term in enumerate(terms):
         if not vocabulary.fullmatch(term):
@@ -93,6 +95,11 @@ def _check_namespaced(terms: tuple[str, ...], dpv: str, controller: str, field: 
                 f"'{controller}:'",
                 field=f"{field}[{i}]",
             )
+    if len(_NAMESPACED) < 4096:
+        _NAMESPACED.add((dpv, controller, terms))
+
+
+_NAMESPACED: set[tuple[str, str, tuple[str, ...]]] = set()
 
 
 class Event(Record):
