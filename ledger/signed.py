@@ -14,6 +14,7 @@ here can be replayed as a signed note (notes are text without control characters
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Sequence
 
@@ -44,6 +45,7 @@ BATCH_TAG = b"consent-ledger batch signature v1\x00"
 _KEY_ID_TAG = b"consent-ledger key id v1\x00"
 
 
+@functools.lru_cache(maxsize=4096)  # a few keys sign nearly everything
 def key_id(public_key: bytes) -> bytes:
     """The 8-byte identifier of an Ed25519 public key in envelopes and admin events."""
     return hashlib.sha256(_KEY_ID_TAG + public_key).digest()[:KEY_ID_SIZE]
