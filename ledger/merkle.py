@@ -177,6 +177,10 @@ def _check_hashes(proof: Sequence[bytes], what: str, err: type[ProofError]) -> N
         raise err(f"{what}: proof hash {i} is {n} bytes, not {HASH_SIZE}")
 
 
+def _inclusion(index: int, size: int) -> str:
+    return f"inclusion of index {index} in size {size}"  # for errors only: built on failure
+
+
 def root_from_inclusion_proof(
     leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes]
 ) -> bytes:
@@ -185,18 +189,20 @@ def root_from_inclusion_proof(
     Only meaningful once compared with a trusted root; raises InclusionProofError
     if the shapes are wrong (index, hash lengths, proof length).
     """
-    what = f"inclusion of index {index} in size {size}"
     if not 0 <= index < size:
-        raise InclusionProofError(f"{what}: the index is not below the size")
+        raise InclusionProofError(f"{_inclusion(index, size)}: the index is not below the size")
     if len(leaf_hash) != HASH_SIZE:
-        raise InclusionProofError(f"{what}: leaf hash is {len(leaf_hash)} bytes, not {HASH_SIZE}")
+        raise InclusionProofError(f"{_inclusion(index, size)}: leaf hash is "
+                                  f"{len(leaf_hash)} bytes, not {HASH_SIZE}")
     # Below `inner` the path passes siblings on both sides; above it, the leaf's
     # ancestors sit on the right edge, so every sibling there is on the left.
     inner = (index ^ (size - 1)).bit_length()
     want = inner + (index >> inner).bit_count()
     if len(proof) != want:
-        raise InclusionProofError(f"{what}: proof has {len(proof)} hashes, expected {want}")
-    _check_hashes(proof, what, InclusionProofError)
+        raise InclusionProofError(f"{_inclusion(index, size)}: proof has {len(proof)} "
+                                  f"hashes, expected {want}")
+    if proof and set(map(len, proof)) != {HASH_SIZE}:
+        _check_hashes(proof, _inclusion(index, size), InclusionProofError)
     sha = _sha256
     node = _NODE
     h = leaf_hash
