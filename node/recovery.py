@@ -15,6 +15,7 @@ compares the result with each stored snapshot.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -85,9 +86,12 @@ async def _restore(storage: Storage, size: int) -> tuple[LedgerState, MerkleTree
         raise SnapshotRefused("it disappeared")
     try:
         # In a thread: a cluster member reloading keeps answering heartbeats meanwhile.
-        state = await asyncio.to_thread(load_snapshot, data)
+        state = await asyncio.to_thread(_load_uncollected, data)
     except LedgerError as exc:
         raise SnapshotRefused(str(exc)) from None
+    except Exception as exc:  # a loader bug must cost a full replay, not the node
+        log.exception("state snapshot loader failed")
+        raise SnapshotRefused(f"{type(exc).__name__}: {exc}") from None
     if state.size != size:
         raise SnapshotRefused(f"stored as size {size}, it holds {state.size} entries")
     if size == 0:
@@ -124,6 +128,18 @@ async def _restore(storage: Storage, size: int) -> tuple[LedgerState, MerkleTree
     if tree.size != size:
         raise StorageError(f"entry {tree.size} is missing (the snapshot covers {size})")
     return state, tree
+
+
+def _load_uncollected(data: bytes) -> LedgerState:
+    """load_snapshot without the cyclic collector: it would scan the millions of new,
+    acyclic objects again and again (about an eighth of the load time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return load_snapshot(data)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 async def replay_entries(storage: Storage, state: LedgerState, tree: MerkleTree,
