@@ -18,8 +18,9 @@ from cliutil import cli, one_line_error
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant, revoke
 from nodeclient import now_ms, post, register_controller
-from nodeproc import NodeProcess
+from nodeproc import NodeFailedToStart, NodeProcess
 
+from ledger import merkle
 from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from ledger.events import ControllerRegister, Genesis, StatusRoot
 from ledger.note import ALG_ED25519, Ed25519Signer, format_verifier_key, new_verifier
@@ -27,6 +28,7 @@ from ledger.signed import SignedEvent, log_authored, public_bytes, sign_batch, s
 from ledger.state import LedgerState
 from ledger.state_snapshot import snapshot_bytes
 from ledger.tree import MerkleTree
+from node.config import ConfigError, load_config
 from node.local_commit import touched_tiles
 from node.recovery import recover
 from node.storage import Storage
@@ -289,3 +291,32 @@ async def test_a_cluster_reload_starts_from_a_snapshot_below_an_uncommitted_tail
         assert snapshot_bytes(again) == expected
     finally:
         await storage.close()
+
+
+@pytest.mark.parametrize("reseal_leaf", [False, True])
+def test_a_tampered_entry_before_the_snapshot_is_still_refused(
+        written: tuple[NodeProcess, Any, list[SignedEvent]], tmp_path: Path,
+        reseal_leaf: bool) -> None:
+    """Start-up no longer replays the entries a snapshot covers, but still rehashes them
+    and compares the tiles: a torn or altered database is reported, never served."""
+    proc = _copy(written, tmp_path)
+    db = _db(proc)
+    (data,) = db.execute("SELECT data FROM entries WHERE idx = 7").fetchone()
+    db.close()
+    forged = bytes(data[:-1]) + bytes([data[-1] ^ 1])
+    if reseal_leaf:
+        _sql(proc, "UPDATE entries SET data = ?, leaf = ? WHERE idx = 7",
+             forged, merkle.leaf_hash(forged))
+    else:
+        _sql(proc, "UPDATE entries SET data = ? WHERE idx = 7", forged)
+    with pytest.raises(NodeFailedToStart) as err:
+        proc.start()
+    assert "Traceback" not in str(err.value)
+    assert ("tile 0/0 does not match" if reseal_leaf else "entry 7") in str(err.value)
+    assert proc.proc is not None and proc.proc.returncode == 1
+
+
+def test_snapshot_every_must_not_be_negative(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="snapshot_every"):
+        load_config(data_dir=tmp_path, snapshot_every=-1)
+    assert load_config(data_dir=tmp_path, snapshot_every="0").snapshot_every == 0
