@@ -48,7 +48,10 @@ async def fsck(config: NodeConfig, out: Callable[[str], None]) -> None:
         started = time.perf_counter()
         state, tree = LedgerState(), MerkleTree()
         bad: list[str] = []
-        for size in sorted(await storage.snapshot_sizes()):
+        sizes = sorted(await storage.snapshot_sizes())
+        if not sizes:
+            out("snapshots    none stored")
+        for size in sizes:
             await replay_entries(storage, state, tree, until=size)
             if _compare(state, await storage.snapshot(size), size, out):
                 continue
