@@ -87,13 +87,13 @@ class LedgerState:
         self.statuses: dict[tuple[str, bytes, str], PurposeStatus] = {}
         self.map = StatusMap()
         self._map_dirty: dict[bytes, bytes] = {}
-        self._ids: dict[bytes, int] = {}
+        self.event_index: dict[bytes, int] = {}  # event hash -> its entry
 
     # ---------------------------------------------------------------- queries
 
     def index_of(self, event_id: bytes) -> int | None:
         """The index of an event already in the log, by its event hash."""
-        return self._ids.get(event_id)
+        return self.event_index.get(event_id)
 
     def status(self, controller: str, subject: bytes, purpose: str,
                now_ms: int) -> tuple[ConsentStatus, PurposeStatus | None]:
@@ -129,9 +129,9 @@ class LedgerState:
             raise RejectedError("time-regressed", f"log time {log_time} is before the previous "
                                 f"entry's {self.last_time}")
         body = signed.body
-        if signed.id in self._ids:
+        if signed.id in self.event_index:
             raise RejectedError("duplicate-event",
-                                f"this event is already entry {self._ids[signed.id]}")
+                                f"this event is already entry {self.event_index[signed.id]}")
         if self.size == 0:
             if not isinstance(body, Genesis):
                 raise RejectedError("no-genesis", "the first entry must be the genesis event")
@@ -283,7 +283,7 @@ class LedgerState:
                         withdrawn_by=None))
             case Revoke():
                 self._apply_revoke(body, index)
-        self._ids[signed.id] = index
+        self.event_index[signed.id] = index
         self.last_time = entry.time
         self.size = index + 1
         self.prev = entry.leaf_hash
@@ -312,6 +312,11 @@ class LedgerState:
         self.statuses[key] = status
         # The map itself is updated in one pass per batch, when its root is asked for.
         self._map_dirty[map_key(*key)] = status.value_hash()
+
+    @property
+    def map_pending(self) -> bool:
+        """Statuses changed since the map was last brought up to date (mid-batch)."""
+        return bool(self._map_dirty)
 
     def map_root(self) -> bytes:
         """The status map's root over every entry so far."""

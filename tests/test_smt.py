@@ -393,3 +393,19 @@ def test_verifier_says_what_failed() -> None:
                       value=aproof.value)
     with pytest.raises(MapProofError, match="leaves the path at bit"):
         verify_map_proof(root, absent, None, forged)
+
+
+@given(st.dictionaries(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32),
+                       max_size=40))
+def test_a_map_built_from_sorted_keys_is_the_map_set_many_makes(items: dict[bytes, bytes]
+                                                                ) -> None:
+    keys = sorted(items)
+    built = StatusMap.from_sorted(keys, [items[k] for k in keys])
+    assert built.root() == ref_root(items)
+    assert [leaf[1] for leaf in built.leaves()] == keys
+    grown = StatusMap()
+    grown.set_many(items.items())
+    assert built.leaves() == grown.leaves() and len(built) == len(items)
+    if len(keys) > 1:
+        with pytest.raises(ValueError, match=r"^\[1\]: keys are not in increasing order"):
+            StatusMap.from_sorted([keys[1], keys[0]], [items[keys[1]], items[keys[0]]])

@@ -38,7 +38,6 @@ from ledger.state_snapshot import (
     SnapshotError,
     load_snapshot,
     map_from_sorted_leaves,
-    map_leaves,
     snapshot_bytes,
 )
 
@@ -151,12 +150,12 @@ def test_a_loaded_snapshot_behaves_as_the_original(before: list[tuple[int, int, 
     data = snapshot_bytes(state)
     loaded = load_snapshot(data)
     assert snapshot_bytes(loaded) == data  # canonical: one state, one byte string
-    seen = [*state._ids, bytes(32)]
+    seen = [*state.event_index, bytes(32)]
     assert answers(loaded, seen) == answers(state, seen)
     for op in after:
         original, restored = script.run(op, state, loaded)
         assert restored == original
-    seen = list(state._ids) + [g.id for g in script.grants]
+    seen = list(state.event_index) + [g.id for g in script.grants]
     assert answers(loaded, seen) == answers(state, seen)
     assert snapshot_bytes(loaded) == snapshot_bytes(state)
 
@@ -168,7 +167,7 @@ def test_the_map_built_from_sorted_leaves_is_the_map_set_many_builds() -> None:
         expected.set_many(items)
         built = map_from_sorted_leaves(b"".join(k + v for k, v in items))
         assert built.root() == expected.root() and len(built) == n
-        assert map_leaves(built) == map_leaves(expected)
+        assert built.leaves() == expected.leaves()
         probe = os.urandom(32)
         assert built.prove(probe) == expected.prove(probe)
         # The built map keeps growing as one that set_many built.
