@@ -291,6 +291,11 @@ class LogClient(SessionOwner):
             raise LogVerificationError(f"entry {index} does not hold the submitted event",
                                        **evidence)
 
+    async def inclusion_proof(self, index: int, leaf: bytes, checkpoint: VerifiedCheckpoint
+                              ) -> tuple[bytes, ...]:
+        """The audit path of leaf `index` in `checkpoint`, verified against its root."""
+        return await self._inclusion(index, leaf, checkpoint)
+
     async def _inclusion(self, index: int, leaf: bytes, cp: VerifiedCheckpoint
                          ) -> tuple[bytes, ...]:
         reply = await self._get_json(f"/v1/proofs/inclusion?index={index}&size={cp.size}")

@@ -7,7 +7,8 @@
   checkpoint (a consistency proof from the receipt's checkpoint, the entry fetched and
   proven included again) and reports the grant's status now, each purpose's status
   verified through GET /v1/status. Without --log-key or --policy the node's own key is
-  trusted on first use, and the output says so.
+  trusted on first use, and the output says so. `--out FILE` also writes the receipt
+  re-proven against that newest checkpoint (FILE may be the receipt itself).
 - `show FILE [--format json|kantara|iso27560]` prints the receipt for a person (json),
   or exported as a Kantara Consent Receipt v1.1 or an ISO/IEC TS 27560 record (DPV
   JSON-LD). With a key or policy it verifies first; otherwise the output says
@@ -24,6 +25,7 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -47,6 +49,7 @@ from client.receipts import (
     to_iso27560,
     to_kantara,
     verify_receipt,
+    write_private,
 )
 from client.status import verify_status
 from ledger.checkpoint import Checkpoint
@@ -54,7 +57,7 @@ from ledger.errors import LedgerError
 from ledger.events import Grant
 from ledger.note import new_verifier
 from ledger.status import ConsentStatus
-from ledger.tlog_proof import OpenCheckpoint, log_key_opener
+from ledger.tlog_proof import OpenCheckpoint, TlogProof, format_proof, log_key_opener
 
 FORMATS = ("json", "kantara", "iso27560")
 MAX_POLICY = 1 << 20
@@ -92,6 +95,9 @@ def _refresh_parser() -> Parser:
                 "report the grant's status now.")
     p.add_argument("--log", metavar="URL", help="the node's base URL (default: the one "
                    "recorded in the receipt)")
+    p.add_argument("--out", metavar="FILE", help="also write the receipt re-proven against "
+                   "the newest checkpoint there (FILE itself may be given: it is replaced "
+                   "whole, readable only by you)")
     _trust_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
     return p
@@ -276,6 +282,13 @@ async def _refresh(args: argparse.Namespace, file: ReceiptFile, url: str
         event = r.event
         statuses = {} if not isinstance(event, Grant) else \
             await _status_now(session, url, event, opener, client)
+        if args.out is not None:
+            path = await client.inclusion_proof(r.file.index, entry.leaf_hash, newest)
+            refreshed = format_proof(TlogProof(r.file.index, path, newest.note,
+                                               file.proof.extra))
+            verify_receipt(read_receipt(refreshed), opener)  # what is written verifies
+            out = Path(args.out)
+            write_private(out, refreshed, create=not out.exists())
     return r, newest, statuses, trusted
 
 
@@ -297,6 +310,9 @@ def refresh(argv: Sequence[str]) -> str:
                     f"(size {r.verified.size})")]
     if statuses:
         lines.append(("status now", "; ".join(f"{p}: {s.value}" for p, s in statuses.items())))
+    if args.out is not None:
+        data["written"] = args.out
+        lines.append(("written", f"{args.out}, proven against checkpoint size {newest.size}"))
     lines += [*_summary(r), ("log key", trusted)]
     return _output(args, data, lines)
 

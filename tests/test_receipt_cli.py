@@ -179,6 +179,18 @@ def test_refresh_proves_a_receipt_in_a_grown_log_and_reports_the_status_now(
                                "refresh.example:newsletter": "ConsentGiven"}
     assert fresh["log_key"] == "the given log key"
 
+    # --out: the receipt re-proven against the newest checkpoint, verifiable offline.
+    renewed = tmp_path / "renewed.tlog-proof"
+    wrote = ok_json(cli("receipt", "refresh", str(receipt), "--log", node.url,
+                        "--log-key", vkey, "--out", str(renewed), "--json"))
+    assert wrote["written"] == str(renewed)
+    assert renewed.stat().st_mode & 0o777 == 0o600  # it holds the person's secrets
+    again = parse_proof(renewed.read_bytes())
+    assert again.index == kept.index and again.extra == kept.extra
+    assert int(again.checkpoint.split(b"\n")[1]) == wrote["newest_checkpoint_size"] > size
+    offline = ok_json(cli("receipt", "verify", str(renewed), "--log-key", vkey, "--json"))
+    assert offline["proof"]["checkpoint_size"] == wrote["newest_checkpoint_size"]
+
     # Without --log, the URL recorded in the receipt; without a key, trust on first use.
     out = ok(cli("receipt", "refresh", str(receipt)))
     assert "still in the log's newest checkpoint" in out["receipt"]
