@@ -60,7 +60,7 @@ async def post_events(request: web.Request) -> web.Response:
                 v if isinstance(v, RejectedError) else None for v in verdicts]
             todo = [(i, (items[i], bool(v))) for i, v in enumerate(verdicts)
                     if not isinstance(v, RejectedError)]
-            futures = rt.sequencer.submit([pair for _, pair in todo]) if todo else []
+            submitted = rt.sequencer.submit([pair for _, pair in todo]) if todo else None
     except IntakeFull as exc:
         rt.metrics.overloaded += 1
         raise_problem("overloaded", f"too many requests are being decoded ({exc}); "
@@ -70,7 +70,7 @@ async def post_events(request: web.Request) -> web.Response:
     except UnavailableError as exc:
         raise_problem("unavailable", str(exc), headers={"Retry-After": "5"})
     try:
-        done = await asyncio.gather(*futures)
+        done = await submitted if submitted is not None else []
     except UnavailableError as exc:
         raise_problem("unavailable", str(exc), headers={"Retry-After": "5"})
     for (i, _), outcome in zip(todo, done, strict=True):

@@ -303,8 +303,7 @@ class Replica:
         assert self.cluster.genesis is not None
         try:
             genesis = SignedEvent.decode(self.cluster.genesis)
-            (future,) = self._rt.sequencer.submit([(genesis, False)])
-            outcome = await future
+            (outcome,) = await self._rt.sequencer.submit([(genesis, False)])
             log.info("genesis written", extra={
                 "outcome": getattr(outcome, "index", None) if not isinstance(
                     outcome, Exception) else str(outcome)})

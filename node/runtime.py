@@ -140,8 +140,7 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
                 genesis = Genesis(origin=origin, operator_key=public_bytes(operator_key),
                                   created_at=time.time_ns() // 1_000_000,
                                   max_skew_ms=config.max_skew_ms)
-                (future,) = sequencer.submit([(sign_event(genesis, operator_key), False)])
-                await future
+                await sequencer.submit([(sign_event(genesis, operator_key), False)])
                 log.info("created log", extra={"origin": origin})
             assert state.operator_key_id is not None  # genesis is entry 0
             operator_public = state.keys[state.operator_key_id].public_key

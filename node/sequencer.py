@@ -68,11 +68,36 @@ ADMIT_CHUNK = 200
 CommitBatch = Callable[[list[tuple[int, bytes, bytes, bytes]], int, int], Awaitable[bytes]]
 
 
+class _Submission:
+    """One request's events: a single future for all of them, resolved in their order
+    once every one is settled (one wake-up per request, not one per event)."""
+
+    __slots__ = ("future", "left", "outcomes")
+
+    def __init__(self, size: int) -> None:
+        self.future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self.outcomes: list[Outcome | None] = [None] * size
+        self.left = size
+
+    def settle(self, slot: int, outcome: Outcome) -> None:
+        if self.future.done():
+            return
+        self.outcomes[slot] = outcome
+        self.left -= 1
+        if not self.left:
+            self.future.set_result(self.outcomes)  # type: ignore[arg-type]  # all set now
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
 @dataclasses.dataclass
 class _Pending:
     signed: SignedEvent
     verified: bool
-    future: asyncio.Future[Outcome]
+    submission: _Submission
+    slot: int
     queued_at: float
 
 
@@ -121,23 +146,22 @@ class Sequencer:
         """No room for more: refuse a request before spending CPU on its body."""
         return len(self._queue) >= self._max_queue
 
-    def submit(self, items: Sequence[tuple[SignedEvent, bool]]) -> list[asyncio.Future[Outcome]]:
-        """Queue (event, signature already verified) pairs; futures resolve once durable."""
+    def submit(self, items: Sequence[tuple[SignedEvent, bool]]
+               ) -> asyncio.Future[list[Outcome]]:
+        """Queue (event, signature already verified) pairs; the future gives their
+        outcomes, in order, once every one is durable (or refused)."""
         if self._failed is not None or self._closing:
             raise UnavailableError("the node is not accepting writes")
         if len(self._queue) + len(items) > self._max_queue:
             self._metrics.overloaded += 1
             raise OverloadedError(retry_after=1)
-        loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        futures = []
-        for signed, verified in items:
-            fut: asyncio.Future[Outcome] = loop.create_future()
-            self._queue.append(_Pending(signed, verified, fut, now))
-            futures.append(fut)
+        submission = _Submission(len(items))
+        self._queue.extend(_Pending(signed, verified, submission, slot, now)
+                           for slot, (signed, verified) in enumerate(items))
         self._metrics.queue_depth = len(self._queue)
         self._wakeup.set()
-        return futures
+        return submission.future
 
     def reset(self, state: LedgerState, tree: MerkleTree) -> None:
         """Sequence onto a ledger reloaded from disk (a cluster member after a truncation).
@@ -231,9 +255,7 @@ class Sequencer:
 
     def _fail_pending(self, exc: BaseException) -> None:
         while self._queue:
-            p = self._queue.popleft()
-            if not p.future.done():
-                p.future.set_exception(exc)
+            self._queue.popleft().submission.fail(exc)
 
     async def _sequence_one_batch(self) -> None:
         if self._map_readers:
@@ -322,8 +344,7 @@ class Sequencer:
                 answer = failure if isinstance(failure, UnavailableError) else \
                     UnavailableError(f"storage failure: {failure}")
                 for p, _ in taken:
-                    if not p.future.done():
-                        p.future.set_exception(answer)
+                    p.submission.fail(answer)
                 if not isinstance(failure, UnavailableError) and self._failed is None:
                     # State is now ahead of disk: stop; a restart recovers from disk.
                     log.error("sequencer stopped: storage failure", exc_info=failure)
@@ -338,8 +359,7 @@ class Sequencer:
             done = time.perf_counter()
             for p, outcome in taken:
                 self._metrics.observe_latency(done - p.queued_at)
-                if not p.future.done():
-                    p.future.set_result(outcome)
+                p.submission.settle(p.slot, outcome)
         finally:
             self._in_flight.popleft()
             if not self._in_flight:
