@@ -346,12 +346,13 @@ def _slow_verdict(data: bytes) -> object:
     """What decoding from pairs says (the path that can name a duplicate key), with the
     canonical check done by re-encoding the record, as before the fast path existed."""
     from ledger.codec import decoder_of, unpack
-    from ledger.events import EVENT_KINDS
+    from ledger.events import EVENT_KINDS, MAX_EVENT_SIZE
 
     try:
-        value = unpack(data, max_size=1 << 16)
+        value = unpack(data, max_size=MAX_EVENT_SIZE)  # the bound decode_event applies
         if type(value) is not list or not value or type(value[0]) is not tuple \
-                or value[0] != ("kind", value[0][1]) or value[0][1] not in EVENT_KINDS:
+                or value[0][0] != "kind" or type(value[0][1]) is not str \
+                or value[0][1] not in EVENT_KINDS:
             return "not an event"
         event = decoder_of(EVENT_KINDS[value[0][1]])(value[1:], "")
         return event if event.encode() == data else NonCanonicalError
