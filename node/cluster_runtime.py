@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 
 from client.keys import load_private_key
 from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from ledger.cosignature import CosignatureSigner
+from ledger.heap import settle_loaded_state
 from ledger.note import ALG_ED25519, Ed25519Signer, format_verifier_key, new_verifier
 from ledger.signed import public_bytes
 from node.cluster_config import load_cluster
@@ -63,7 +63,7 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
         state, tree, checkpoint = await recover(
             storage, lambda note: open_checkpoint(note, log_verifier)[0],
             uncommitted_tail=True)
-        gc.freeze()
+        settle_loaded_state()
         published = 0 if checkpoint is None else open_checkpoint(checkpoint, log_verifier)[0].size
         raft, ends = restore_raft(member.id, cluster, await storage.hard_state(),
                                   await storage.raft_rows())

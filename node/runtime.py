@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import time
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from client.keys import generate_key_file, load_private_key
 from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from ledger.events import Genesis
+from ledger.heap import settle_loaded_state
 from ledger.note import ALG_ED25519, Ed25519Signer, format_verifier_key, new_verifier
 from ledger.signed import public_bytes, sign_event
 from ledger.state import LedgerState
@@ -118,15 +118,13 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
             return open_checkpoint(note, verifier_of_log)[0]
 
         state, tree, checkpoint = await recover(storage, open_note)
-        # The recovered state is long-lived and acyclic: keep the cyclic collector from
-        # walking it again and again (each full pass would stall the event loop).
-        gc.freeze()
+        settle_loaded_state()
         metrics = Metrics(tree_size=tree.size)
+        snapshots = Snapshotter(storage, lambda: state, every=config.snapshot_every)
         sequencer = Sequencer(
             state=state, tree=tree,
             commit=local_commit(storage, tree, origin, lambda cp: sign_checkpoint(cp, signer),
-                                snapshots=Snapshotter(storage, lambda: state,
-                                                      every=config.snapshot_every)),
+                                snapshots=snapshots),
             checkpoint=checkpoint or sign_checkpoint(Checkpoint(origin, 0, tree.root()), signer),
             metrics=metrics, max_queue=config.max_queue,
             max_commit_entries=config.max_commit_entries,
@@ -148,6 +146,7 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
                               state, tree, sequencer, verifier, metrics)
         finally:
             await stop_sequencing(sequencer, task, wal_task, timeout=30)
+            await snapshots.close()  # a snapshot being written is finished, not lost
     finally:
         verifier.close()
         await storage.close()

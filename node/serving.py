@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from ledger.heap import settle_loaded_state, tune_collector
+from ledger.heap import tune_collector
 
 
 async def serve_until_signalled(app: web.Application, host: str, port: int, *, name: str,
@@ -19,9 +19,8 @@ async def serve_until_signalled(app: web.Application, host: str, port: int, *, n
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    tune_collector()
+    tune_collector()  # before the ledger is loaded (runner.setup)
     await runner.setup()  # opens the app's resources: a failure here leaves nothing behind
-    settle_loaded_state()  # the ledger just loaded from disk
     try:
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
