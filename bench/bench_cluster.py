@@ -61,6 +61,7 @@ from bench.bench_node import (
     closed_loop,
     fresh_grants,
     open_loop,
+    paced_posts,
     pct,
     register_controller,
 )
@@ -369,25 +370,8 @@ async def etcd_closed(urls: list[str], bodies: list[bytes], clients: int,
 
 async def etcd_open(urls: list[str], bodies: list[bytes], per_second: float,
                     seconds: float) -> list[float]:
-    latencies: list[float] = []
-    interval = 1 / per_second
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        async def one(url: str, body: bytes) -> None:
-            started = time.perf_counter()
-            async with session.post(url, data=body, headers={
-                    "Content-Type": "application/json"}) as resp:
-                await resp.read()
-            latencies.append(time.perf_counter() - started)
-
-        tasks = []
-        start = time.perf_counter()
-        for i, body in enumerate(bodies[: int(per_second * seconds)]):
-            delay = start + i * interval - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)  # pacing the load, not synchronising a test
-            tasks.append(asyncio.create_task(one(f"{urls[i % len(urls)]}/v3/kv/put", body)))
-        await asyncio.gather(*tasks)
-    return latencies
+    return await paced_posts([f"{u}/v3/kv/put" for u in urls], bodies, per_second, seconds,
+                             "application/json")
 
 
 async def etcd(directory: Path, events: int, seconds: float, key: Ed25519PrivateKey,

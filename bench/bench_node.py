@@ -95,13 +95,20 @@ async def closed_loop(url: str, bodies: list[bytes], per_body: int, clients: int
 async def open_loop(url: str, bodies: list[bytes], per_second: float,
                     seconds: float) -> list[float]:
     """Send requests at a fixed rate, whatever the replies do (no coordinated omission)."""
+    return await paced_posts([f"{url}/v1/events"], bodies, per_second, seconds,
+                             "application/msgpack")
+
+
+async def paced_posts(endpoints: list[str], bodies: list[bytes], per_second: float,
+                      seconds: float, content_type: str) -> list[float]:
+    """POST `bodies` at a fixed rate, round-robin over `endpoints`; each one's latency."""
     latencies: list[float] = []
     interval = 1 / per_second
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        async def one(body: bytes) -> None:
+        async def one(endpoint: str, body: bytes) -> None:
             started = time.perf_counter()
-            async with session.post(f"{url}/v1/events", data=body, headers={
-                    "Content-Type": "application/msgpack"}) as resp:
+            async with session.post(endpoint, data=body,
+                                    headers={"Content-Type": content_type}) as resp:
                 await resp.read()
             latencies.append(time.perf_counter() - started)
 
@@ -111,7 +118,7 @@ async def open_loop(url: str, bodies: list[bytes], per_second: float,
             delay = start + i * interval - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing the load, not synchronising a test
-            tasks.append(asyncio.create_task(one(body)))
+            tasks.append(asyncio.create_task(one(endpoints[i % len(endpoints)], body)))
         await asyncio.gather(*tasks)
     return latencies
 
