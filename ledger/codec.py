@@ -527,7 +527,7 @@ def decoder_of(cls: type[R]) -> Callable[..., R]:
     decoder = cls.__dict__.get("_decoder")
     if decoder is None:
         decoder = compile_decoder(cls, _fields_of(cls), {
-            "_slow": decode_map, "_rewrap": _rewrap, "_join": _join, "_MISSING": _MISSING,
+            "_slow": decode_map, "_rewrap": _rewrap, "_MISSING": _MISSING,
             "MissingFieldError": MissingFieldError, "DecodeError": DecodeError,
             "decoder_of": decoder_of})
         cls._decoder = decoder  # type: ignore[attr-defined]

@@ -27,7 +27,7 @@ def compile_decoder(cls: type, fields: tuple[Any, ...], helpers: dict[str, Any])
 
     `fields` are the codec's field infos (name, spec, optional); `helpers` supplies
     the names the generated body calls: _slow (the generic decoder), _rewrap,
-    MissingFieldError, DecodeError, _join and decoder_of (for nested records).
+    MissingFieldError, DecodeError and decoder_of (for nested records).
     """
     ns: dict[str, Any] = dict(helpers)
     ns["_cls"] = cls
