@@ -130,8 +130,8 @@ class Sequencer:
         self.checkpoint = checkpoint
         self._size_waiters: list[tuple[int, asyncio.Future[None]]] = []
         # Set while the status map is the one the latest checkpoint commits to.
-        self.map_stable = asyncio.Event()
-        self.map_stable.set()
+        self._map_stable = asyncio.Event()
+        self._map_stable.set()
         self._max_in_flight = max_in_flight
         # One task per sequenced batch, oldest first: each resolves its submitters once its
         # commit and every earlier batch's have settled.
@@ -176,8 +176,8 @@ class Sequencer:
         commits to; the caller reads map, tree and checkpoint without awaiting."""
         self._map_readers += 1
         try:
-            while not self.map_stable.is_set():
-                await self.map_stable.wait()
+            while not self._map_stable.is_set():
+                await self._map_stable.wait()
             yield
         finally:
             self._map_readers -= 1
@@ -245,7 +245,7 @@ class Sequencer:
             if exc is not self._failed:
                 log.exception("sequencer stopped: storage failure")
             self._failed = exc
-            self.map_stable.set()  # release status readers: they see `healthy` is false
+            self._map_stable.set()  # release status readers: they see `healthy` is false
             self._fail_pending(UnavailableError(f"storage failure: {exc}"))
 
     async def drain(self) -> None:
@@ -273,7 +273,7 @@ class Sequencer:
         now = max(self._clock_ms(), state.last_time)  # a clock stepped back must not show
         taken: list[tuple[_Pending, Outcome]] = []
         rows: list[tuple[int, bytes, bytes, bytes]] = []
-        self.map_stable.clear()  # statuses move as events are admitted
+        self._map_stable.clear()  # statuses move as events are admitted
         while self._queue and len(rows) < self._max_commit:
             p = self._queue.popleft()
             outcome: Outcome
@@ -363,4 +363,4 @@ class Sequencer:
         finally:
             self._in_flight.popleft()
             if not self._in_flight:
-                self.map_stable.set()
+                self._map_stable.set()
