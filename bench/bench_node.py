@@ -123,6 +123,21 @@ async def paced_posts(endpoints: list[str], bodies: list[bytes], per_second: flo
     return latencies
 
 
+async def seed_grants(url: str, data_dir: Path, n: int) -> tuple[list[Grant], str]:
+    """Register a controller on the node at `url` and grant `n` subjects (batches of 500);
+    the grants and the log's verifier key."""
+    key = await register_controller(url, data_dir)
+    grants = fresh_grants(n)
+    async with aiohttp.ClientSession() as s:
+        for i in range(0, n, 500):
+            async with s.post(f"{url}/v1/events",
+                              data=body_of(sign_batch(grants[i:i + 500], key)),
+                              headers={"Content-Type": "application/msgpack"}) as resp:
+                assert resp.status == 200, await resp.text()
+        async with s.get(f"{url}/v1/keys") as resp:
+            return grants, (await resp.json())["log"]
+
+
 def sqlite_ceiling(rows: list[tuple[int, bytes, bytes, bytes]], directory: Path) -> float:
     db = sqlite3.connect(directory / "ceiling.sqlite", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")

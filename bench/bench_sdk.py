@@ -31,13 +31,12 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.bench_node import body_of, fresh_grants, register_controller
+from bench.bench_node import seed_grants
 from client.consent import ConsentClient
 from client.policy import TrustPolicy, parse_policy
 from client.trust_store import TrustStore
 from ledger.cosignature import CosignatureSigner, add_cosignatures, cosigner_verifier_key
 from ledger.note import Signature
-from ledger.signed import sign_batch
 from ledger.status import ConsentStatus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -131,16 +130,7 @@ async def run(subjects_n: int, seconds: float, directory: Path) -> None:
     node = NodeProcess(directory / "node", "--origin", "bench.example/sdk")
     url = node.start()
     try:
-        key = await register_controller(url, directory / "node")
-        grants = fresh_grants(subjects_n)
-        async with aiohttp.ClientSession() as s:
-            for i in range(0, subjects_n, 500):
-                async with s.post(f"{url}/v1/events",
-                                  data=body_of(sign_batch(grants[i:i + 500], key)),
-                                  headers={"Content-Type": "application/msgpack"}) as resp:
-                    assert resp.status == 200, await resp.text()
-            async with s.get(f"{url}/v1/keys") as resp:
-                log_vkey = (await resp.json())["log"]
+        grants, log_vkey = await seed_grants(url, directory / "node", subjects_n)
         subjects = [g.subject for g in grants]
         now = int(time.time())
         replies = {k: cosigned(v, now) for k, v in (await record(url, subjects)).items()}

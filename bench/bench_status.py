@@ -23,11 +23,10 @@ from typing import Any
 
 import aiohttp
 
-from bench.bench_node import body_of, fresh_grants, now_ms, register_controller
+from bench.bench_node import now_ms, seed_grants
 from client.status import verify_status
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.note import new_verifier
-from ledger.signed import sign_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from nodeproc import NodeProcess  # the tests' process harness
@@ -39,16 +38,8 @@ async def run(subjects: int, seconds: float, directory: Path) -> None:
     node = NodeProcess(directory / "node", "--origin", "bench.example/status")
     url = node.start()
     try:
-        key = await register_controller(url, directory / "node")
-        grants = fresh_grants(subjects)
+        grants, vkey = await seed_grants(url, directory / "node", subjects)
         async with aiohttp.ClientSession() as s:
-            for i in range(0, subjects, 500):
-                async with s.post(f"{url}/v1/events",
-                                  data=body_of(sign_batch(grants[i:i + 500], key)),
-                                  headers={"Content-Type": "application/msgpack"}) as resp:
-                    assert resp.status == 200, await resp.text()
-            async with s.get(f"{url}/v1/keys") as resp:
-                vkey = (await resp.json())["log"]
             served, answers = await drive(s, url, [g.subject for g in grants], seconds)
         print(f"status answers served by the node (64 clients, {subjects:,} subjects x 2 "
               f"purposes): {served:,.0f} /s", flush=True)
