@@ -14,7 +14,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -23,6 +22,7 @@ from clusterproc import LocalCluster
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant, revoke
 from nodeclient import load_key, now_ms
+from test_consent_sdk import Requests
 
 from client.consent import ConsentClient, Expired, Revoked, Withdrawn
 from client.errors import NodeUnavailableError, ProblemError
@@ -49,20 +49,6 @@ class Clock:
 
     def __call__(self) -> float:
         return (now_ms() if self.ms is None else self.ms) / 1000
-
-
-class Requests:
-    """The paths the SDK asked, through aiohttp's tracing hooks."""
-
-    def __init__(self) -> None:
-        self.paths: list[str] = []
-
-    async def on_start(self, session: aiohttp.ClientSession, ctx: SimpleNamespace,
-                       params: aiohttp.TraceRequestStartParams) -> None:
-        self.paths.append(params.url.path)
-
-    def count(self, path: str) -> int:
-        return self.paths.count(path)
 
 
 def follower(cluster: LocalCluster) -> str:
