@@ -40,10 +40,8 @@ async def _authenticated_body(request: web.Request, replica: Replica) -> tuple[s
     if request.content_length is not None and request.content_length > MAX_PEER_BODY:
         raise_problem("too-large", "peer message too large")
     body = await request.read()
-    peers = {m.id: Ed25519PublicKey.from_public_bytes(m.public_key)
-             for m in replica.cluster.members}
     try:
-        src = check_request(peers, me=replica.member, path=request.path,
+        src = check_request(replica.peer_keys, me=replica.member, path=request.path,
                             headers=request.headers, body=body)
     except PeerAuthError as exc:
         raise_problem("unauthorized-peer", str(exc))
