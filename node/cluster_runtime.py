@@ -92,7 +92,8 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
         def on_checkpoint(cp: Checkpoint, note: bytes) -> None:
             if cp.size >= sequencer.committed_size:
                 sequencer.published(cp.size, note)
-                asyncio.get_running_loop().create_task(storage.store_checkpoint(cp.size, note))
+                if holder:
+                    holder[0].keep_checkpoint(cp.size, note)
 
         cosigner = Cosigner(
             cluster=cluster,

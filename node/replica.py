@@ -94,6 +94,7 @@ class Replica:
         self._payloads: dict[int, bytes] = {}
         self._wake = asyncio.Event()
         self._publish = asyncio.Event()
+        self._unstored: tuple[int, bytes] | None = None  # a follower's newest served checkpoint
         self._was_leader = False
         self._session: aiohttp.ClientSession | None = None
         self.links: dict[str, PeerLink] = {}
@@ -460,16 +461,24 @@ class Replica:
 
     # ---------------------------------------------------------------- publishing
 
+    def keep_checkpoint(self, size: int, note: bytes) -> None:
+        """A checkpoint the leader published, now served here: it is stored with this
+        member's next tiles rather than in a synced write of its own (after a crash this
+        member serves an older checkpoint until the leader's next one reaches it)."""
+        self._unstored = (size, note)
+        self._publish.set()
+
     async def _publisher(self) -> None:
         while True:
             await self._publish.wait()
             self._publish.clear()
             size = self.committed_size
-            if size <= self.published_size:
+            if size <= self.published_size and (self._unstored is None or self.is_leader):
                 continue
             tree = self._rt.tree
             tiles = [(t.level, t.index, t.hashes)
-                     for t in touched_tiles(tree, self.published_size, size)]
+                     for t in touched_tiles(tree, self.published_size, size)
+                     ] if size > self.published_size else []
             if self.is_leader:
                 note = sign_checkpoint(Checkpoint(self._rt.origin, size, tree.root(size)),
                                        self._log_signer)
@@ -478,7 +487,9 @@ class Replica:
                 await self._storage.store_published(tiles, (size, note))
                 self._rt.sequencer.published(size, note)
             else:
-                await self._storage.store_published(tiles, None)
+                checkpoint, self._unstored = self._unstored, None
+                await self._storage.store_published(tiles, checkpoint)
+            size = max(size, self.published_size)
             self.published_size = size
             for index in [i for i in self._waiters if self._ends.get(i, size + 1) <= size]:
                 waiter = self._waiters.pop(index)

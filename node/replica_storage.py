@@ -116,8 +116,3 @@ class ReplicaStorage(Storage):
             if checkpoint is not None:
                 await db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
                                  checkpoint)
-
-    async def store_checkpoint(self, size: int, note: bytes) -> None:
-        async with self.transaction() as db:
-            await db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
-                             (size, note))
