@@ -11,6 +11,7 @@ they are never truncated.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Sequence
 
 import msgpack
@@ -72,32 +73,32 @@ class ReplicaStorage(Storage):
         entries: Sequence[tuple[int, bytes, bytes, bytes]],
     ) -> None:
         """One durable step of the Raft log: vote, truncation, new entries, atomically."""
-        async with self.transaction() as db:
+        raft_rows = [(r.index, r.term, r.kind, r.first, r.end, r.data) for r in rows]
+
+        def statements(db: sqlite3.Connection) -> None:
             if hard_state is not None:
                 term, vote = hard_state
-                await db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                                 ("raft_term", str(term).encode()))
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                           ("raft_term", str(term).encode()))
                 if vote is None:
-                    await db.execute("DELETE FROM meta WHERE key='raft_vote'")
+                    db.execute("DELETE FROM meta WHERE key='raft_vote'")
                 else:
-                    await db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                                     ("raft_vote", vote.encode()))
+                    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                               ("raft_vote", vote.encode()))
             if truncate_after is not None:
-                cursor = await db.execute("SELECT MIN(first) FROM raft_log WHERE ridx > ?",
-                                          (truncate_after,))
-                first = (await cursor.fetchone())
+                first = db.execute("SELECT MIN(first) FROM raft_log WHERE ridx > ?",
+                                   (truncate_after,)).fetchone()
                 if first is not None and first[0] is not None:
-                    await db.execute("DELETE FROM entries WHERE idx >= ?", (int(first[0]),))
-                await db.execute("DELETE FROM raft_log WHERE ridx > ?", (truncate_after,))
-            if rows:
-                await db.executemany(
-                    "INSERT INTO raft_log(ridx, term, kind, first, end, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(r.index, r.term, r.kind, r.first, r.end, r.data) for r in rows])
+                    db.execute("DELETE FROM entries WHERE idx >= ?", (int(first[0]),))
+                db.execute("DELETE FROM raft_log WHERE ridx > ?", (truncate_after,))
+            if raft_rows:
+                db.executemany("INSERT INTO raft_log(ridx, term, kind, first, end, data) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", raft_rows)
             if entries:
-                await db.executemany(
+                db.executemany(
                     "INSERT INTO entries(idx, event_id, leaf, data) VALUES (?, ?, ?, ?)",
                     entries)
+        await self.write(statements)
 
     async def raft_range(self, lo: int, hi: int) -> list[RaftRow]:
         """Raft rows with lo <= index < hi."""
@@ -110,9 +111,10 @@ class ReplicaStorage(Storage):
     async def store_published(self, tiles: Sequence[tuple[int, int, bytes]],
                               checkpoint: tuple[int, bytes] | None) -> None:
         """Tiles of newly committed entries and (on the leader) the checkpoint for them."""
-        async with self.transaction() as db:
-            await db.executemany(
+        def statements(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "INSERT OR REPLACE INTO tiles(level, idx, hashes) VALUES (?, ?, ?)", tiles)
             if checkpoint is not None:
-                await db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
-                                 checkpoint)
+                db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
+                           checkpoint)
+        await self.write(statements)

@@ -253,9 +253,8 @@ async def test_a_cluster_reload_starts_from_a_snapshot_below_an_uncommitted_tail
             await storage.commit_batch(rows, touched_tiles(tree, old, tree.size), tree.size,
                                        note)
         else:  # stored, not known to be committed: no checkpoint, no tiles
-            async with storage.transaction() as db:
-                await db.executemany("INSERT INTO entries(idx, event_id, leaf, data) "
-                                     "VALUES (?, ?, ?, ?)", rows)
+            await storage.write(lambda db: db.executemany(
+                "INSERT INTO entries(idx, event_id, leaf, data) VALUES (?, ?, ?, ?)", rows))
 
     await batch([sign_event(Genesis(origin=origin, operator_key=public_bytes(operator),
                                     created_at=t, max_skew_ms=60_000), operator),
