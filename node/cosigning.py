@@ -143,7 +143,10 @@ class Cosigner:
     async def gather(self, note: bytes, links: Mapping[str, PeerLink], *,
                      wait_all: bool = False, timeout: float = 2.0,
                      quorum: int | None = None) -> bytes:
-        """`note` with this member's and its peers' cosignatures: a majority, or all."""
+        """`note` with this member's and its peers' cosignatures: a majority, or all.
+
+        Raises CosignError if fewer than a majority answered: such a checkpoint is never
+        published, since clients holding the cluster's policy would refuse it."""
         need = quorum if quorum is not None else self._cluster.quorum  # of the voters now
         body = msgpack.packb({"checkpoint": note, "published": self.latest},
                              use_bin_type=True)
@@ -168,18 +171,16 @@ class Cosigner:
             for task in pending:  # stragglers: the next re-cosigning round asks them again
                 task.cancel()
                 task.add_done_callback(_retrieve)
+        if len(lines) < need:
+            raise CosignError(f"{len(lines)} of the {need} cosignatures a checkpoint needs")
         cosigned = add_cosignatures(note, lines)
-        if len(lines) >= need:
-            self.latest = cosigned
-            # Followers serve it at once, not only after the next round asks them to cosign.
-            announce = msgpack.packb({"published": cosigned}, use_bin_type=True)
-            for link in links.values():
-                task = asyncio.ensure_future(link.post(COSIGN_PATH, announce, timeout=timeout))
-                self._announcing.add(task)  # the loop holds tasks weakly
-                task.add_done_callback(self._announced)
-        else:
-            log.warning("checkpoint published without a majority of cosignatures",
-                        extra={"cosigners": len(lines)})
+        self.latest = cosigned
+        # Followers serve it at once, not only after the next round asks them to cosign.
+        announce = msgpack.packb({"published": cosigned}, use_bin_type=True)
+        for link in links.values():
+            task = asyncio.ensure_future(link.post(COSIGN_PATH, announce, timeout=timeout))
+            self._announcing.add(task)  # the loop holds tasks weakly
+            task.add_done_callback(self._announced)
         return cosigned
 
     def _check_reply(self, peer: str, note: bytes, task: asyncio.Future[bytes]) -> Signature | None:

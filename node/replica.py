@@ -48,7 +48,7 @@ from ledger.raft.messages import (
 from ledger.raft.node import MembershipChangeError, NotLeaderError, RaftNode
 from ledger.signed import SignedEvent
 from node.cluster_config import ClusterConfig
-from node.cosigning import Cosigner
+from node.cosigning import Cosigner, CosignError
 from node.local_commit import touched_tiles
 from node.peers import PeerLink
 from node.recovery import recover
@@ -95,6 +95,7 @@ class Replica:
         self._wake = asyncio.Event()
         self._publish = asyncio.Event()
         self._unstored: tuple[int, bytes] | None = None  # a follower's newest served checkpoint
+        self._own: tuple[int, bytes] | None = None  # the last checkpoint this leader signed
         self._was_leader = False
         self._session: aiohttp.ClientSession | None = None
         self.links: dict[str, PeerLink] = {}
@@ -171,6 +172,11 @@ class Replica:
             if m.src != src or m.dst != self.member:
                 continue  # an authenticated peer may only speak for itself
             self.raft.step(m)
+        if self.raft.role == "leader":
+            # The acknowledgement that completes a majority commits at once: the Ready
+            # loop may be waiting for this member's own write of a later batch. (Only a
+            # leader: a follower's disk may still hold a suffix its leader overwrote.)
+            self._note_commit(self.raft.commit_index)
         self._wake.set()
 
     # ---------------------------------------------------------------- the leader's writes
@@ -378,11 +384,15 @@ class Replica:
                 waiter = self._config_waiters.pop(index)
                 if not waiter.done():
                     waiter.set_result(b"")
-            committed = self._ends.get(min(rd.commit_index, self._persisted_last))
-            if committed is not None and committed > self.committed_size:
-                self.committed_size = committed
-                self._publish.set()
+            self._note_commit(rd.commit_index)
         self._wake.set()
+
+    def _note_commit(self, raft_commit: int) -> None:
+        """Publish what Raft committed and this member holds on disk."""
+        committed = self._ends.get(min(raft_commit, self._persisted_last))
+        if committed is not None and committed > self.committed_size:
+            self.committed_size = committed
+            self._publish.set()
 
     def _send(self, messages: list[Message]) -> None:
         for message in messages:
@@ -480,10 +490,20 @@ class Replica:
                      for t in touched_tiles(tree, self.published_size, size)
                      ] if size > self.published_size else []
             if self.is_leader:
-                note = sign_checkpoint(Checkpoint(self._rt.origin, size, tree.root(size)),
-                                       self._log_signer)
-                note = await self.cosigner.gather(note, self.links,
-                                                  quorum=self.raft.membership.quorum)
+                signed = sign_checkpoint(Checkpoint(self._rt.origin, size, tree.root(size)),
+                                         self._log_signer)
+                try:
+                    note = await self.cosigner.gather(signed, self.links,
+                                                      quorum=self.raft.membership.quorum)
+                except CosignError as exc:
+                    # Unpublished, the writes wait: clients would refuse a checkpoint
+                    # without a majority of cosignatures. Asked again after a pause.
+                    log.warning("checkpoint not published", extra={"size": size,
+                                                                   "error": str(exc)})
+                    await asyncio.sleep(0.05)  # a back-off timer
+                    self._publish.set()
+                    continue
+                self._own = (size, signed)
                 await self._storage.store_published(tiles, (size, note))
                 self._rt.sequencer.published(size, note)
             else:
@@ -505,10 +525,12 @@ class Replica:
                 continue
             if self.published_size < self.committed_size:
                 continue  # the publisher is about to cosign a newer one
-            size = self.published_size  # the size of the checkpoint re-cosigned here
+            if self._own is None or self._own[0] != self.published_size:
+                continue  # only the checkpoint this leader published last, whole
+            size, signed = self._own
             try:
-                note = await self.cosigner.gather(self._rt.sequencer.checkpoint, self.links,
-                                                  wait_all=True, timeout=period,
+                note = await self.cosigner.gather(signed, self.links, wait_all=True,
+                                                  timeout=period,
                                                   quorum=self.raft.membership.quorum)
                 self._rt.sequencer.published(size, note)
             except Exception as exc:
