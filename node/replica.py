@@ -177,6 +177,7 @@ class Replica:
             # loop may be waiting for this member's own write of a later batch. (Only a
             # leader: a follower's disk may still hold a suffix its leader overwrote.)
             self._note_commit(self.raft.commit_index)
+            self._send(self.raft.take_early_messages())  # entries an acknowledgement let go
         self._wake.set()
 
     # ---------------------------------------------------------------- the leader's writes
@@ -199,6 +200,9 @@ class Replica:
         self._proposed[entry.index] = rows
         self._state_last = entry.index
         self._cache_payload(entry.index, payload)
+        # Out at once, even while the Ready loop waits for this member's write of an
+        # earlier batch (under load that wait was 8 ms at the median).
+        self._send(self.raft.take_early_messages())
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiters[entry.index] = waiter
         self._wake.set()

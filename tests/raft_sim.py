@@ -398,6 +398,14 @@ class Simulation:
                 entry = core.propose(data)
                 self.proposed[(node.id, entry.index, entry.term)] = entry
                 self.counts["proposals"] += 1
+                if rng.random() < 0.5:
+                    # As node/replica.py does: the new entries leave at once, before
+                    # the Ready that will persist them (and maybe before an earlier one).
+                    unwritten = tuple(e for (n, _, _), e in self.proposed.items()
+                                      if n == node.id)
+                    for msg in core.take_early_messages():
+                        self.send(self.with_data(node, msg, unwritten),
+                                  faults=self.faults_on)
                 if bad:
                     self.log(f"{node.id} proposes an invalid payload at {entry.index}")
             elif roll < 0.31 and faults:

@@ -238,6 +238,37 @@ def test_propose_sends_at_once_and_pipelines_without_waiting() -> None:
     assert all(e.data is None for m in appends for e in m.entries)  # payloads attached by I/O
 
 
+def test_a_leaders_new_entries_leave_before_its_write_of_an_earlier_batch() -> None:
+    n = _leader_with_old_entries()
+    n.step(AppendReply(3, "b", "a", True, 3, 0, False))
+    flush(n)
+    n.propose(b"first")
+    writing = n.ready()  # its own write of the first batch is under way
+    second = n.propose(b"second")
+    early = n.take_early_messages()
+    assert {(m.dst, m.prev_index) for m in early} >= {("b", second.index - 1)}
+    assert all(isinstance(m, AppendEntries) for m in early)
+    assert n.take_early_messages() == []  # taken once
+    # Nothing counts the leader's own copy before its writes are advanced...
+    n.step(AppendReply(3, "b", "a", True, second.index, 0, False))
+    assert n.commit_index < second.index
+    n.advance(writing)
+    rest = flush(n)
+    # ...and the next Ready persists the second batch without sending it again.
+    assert [e.index for r in rest for e in r.entries] == [second.index]
+    assert not [m for m in sent(rest) if isinstance(m, AppendEntries) and m.dst == "b"
+                and m.entries and m.entries[-1].index == second.index]
+    assert n.commit_index == second.index
+
+
+def test_a_followers_acknowledgement_is_never_taken_early() -> None:
+    f = node("b", term=1)
+    f.step(append(1, "a", (0, 0), [noop(1, 1)], dst="b"))
+    assert f.take_early_messages() == []
+    replies = sent(flush(f))
+    assert [type(m) for m in replies] == [AppendReply] and replies[0].success
+
+
 def test_propose_on_a_follower_names_the_leader() -> None:
     n = node("b", term=1)
     n.step(append(1, "a", (0, 0), [noop(1, 1)], dst="b"))

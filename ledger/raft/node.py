@@ -31,6 +31,7 @@ from ledger.raft.messages import (
     RequestVote,
     TimeoutNow,
     VoteReply,
+    may_precede_persistence,
 )
 
 FOLLOWER = "follower"
@@ -237,6 +238,17 @@ class RaftNode:
             self._send_append(to)
 
     # ------------------------------------------------------------ Ready / advance
+
+    def take_early_messages(self) -> list[Message]:
+        """The messages that may leave before anything is persisted (a leader's
+        AppendEntries, see may_precede_persistence), taken out of the next Ready.
+
+        Callable at any time, even while a Ready is in flight: a leader's new entries
+        then leave at once instead of after its write of an earlier batch."""
+        early = [m for m in self._outbox if may_precede_persistence(m)]
+        if early:
+            self._outbox = [m for m in self._outbox if not may_precede_persistence(m)]
+        return early
 
     def has_ready(self) -> bool:
         if self._in_flight is not None:
