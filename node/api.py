@@ -333,12 +333,12 @@ async def openapi(request: web.Request) -> web.Response:
 INTAKE = web.AppKey("intake", IntakeBudget)
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, *, intake_bytes: int) -> None:
     def report(in_use: int) -> None:
         if RUNTIME in app:
             app[RUNTIME].metrics.intake_bytes = in_use
 
-    app[INTAKE] = IntakeBudget(report=report)
+    app[INTAKE] = IntakeBudget(intake_bytes, report=report)
     app.router.add_get("/openapi.yaml", openapi)
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/checkpoint", get_checkpoint)

@@ -58,7 +58,7 @@ def create_app(config: NodeConfig) -> web.Application:
             yield
 
     app.cleanup_ctx.append(runtime_ctx)
-    add_routes(app)
+    add_routes(app, intake_bytes=config.intake_bytes)
     add_verify_page(app)
     if config.cluster_file is not None:
         from node.cluster_api import add_cluster_routes

@@ -34,6 +34,9 @@ class NodeConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch_items: int = 1000
     max_queue: int = 20_000
+    # Bytes of request bodies being read and decoded at once; beyond it: 503 + Retry-After
+    # (node/intake.py). About 3,000 batched events, some 100 ms of decoding.
+    intake_bytes: int = 2 * 1024 * 1024
     max_commit_entries: int = 4096
     max_skew_ms: int = 10 * 60 * 1000
     verify_threads: int = max(2, os.cpu_count() or 2)
@@ -45,8 +48,8 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is not in 0..65535")
-        for name in ("max_body_bytes", "max_batch_items", "max_queue", "max_commit_entries",
-                     "verify_threads"):
+        for name in ("max_body_bytes", "max_batch_items", "max_queue", "intake_bytes",
+                     "max_commit_entries", "verify_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_skew_ms < 0:

@@ -14,17 +14,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-# About 3,000 batched events: some 100 ms of decoding, well under an election timeout.
-DEFAULT_INTAKE_BYTES = 2 * 1024 * 1024
-
 
 class IntakeFull(Exception):
     """The body would exceed the intake budget: answer 503, Retry-After."""
 
 
 class IntakeBudget:
-    def __init__(self, limit: int = DEFAULT_INTAKE_BYTES,
-                 report: Callable[[int], None] = lambda in_use: None) -> None:
+    def __init__(self, limit: int, report: Callable[[int], None] = lambda in_use: None) -> None:
         self.limit = limit
         self.in_use = 0
         self._report = report  # the gauge /metrics shows

@@ -32,6 +32,7 @@ def test_key_files_can_be_given(tmp_path: Path) -> None:
     ("[node]\ncolour = 'blue'\n", "colour"),
     ("[node\n", "TOML"),
     ("[node]\nmax_queue = 0\n", "max_queue"),
+    ("[node]\nintake_bytes = 0\n", "intake_bytes"),
     ("[node]\nlog_level = 'loud'\n", "log_level"),
 ])
 def test_bad_settings_are_named(tmp_path: Path, text: str, word: str) -> None:

@@ -377,13 +377,29 @@ async def _intake_bytes(session: aiohttp.ClientSession, url: str) -> int:
     raise AssertionError("no consent_ledger_intake_bytes gauge")
 
 
+@pytest.fixture
+def small_intake_node(tmp_path: Path) -> Iterator[NodeProcess]:
+    """A node whose intake budget (a setting) is 64 KiB."""
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\ndata_dir = "data"\norigin = "intake.example/log"\n'
+                      f"intake_bytes = {SMALL_INTAKE}\n")
+    proc = NodeProcess(tmp_path / "data", "--config", str(config))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+SMALL_INTAKE = 64 * 1024
+
+
 async def test_a_body_being_read_holds_the_intake_budget_and_later_bodies_are_pushed_back(
-        node: NodeProcess, session: aiohttp.ClientSession) -> None:
+        small_intake_node: NodeProcess, session: aiohttp.ClientSession) -> None:
     import asyncio
     import time
 
-    from node.intake import DEFAULT_INTAKE_BYTES
-
+    node = small_intake_node
     key = await register_controller(session, node.url, node.data_dir / "operator.key")
     t = now_ms()
     batch = sign_batch([grant(consented_at=t, valid_until=t + 10**8, subject=bytes([i]) * 32)
@@ -393,11 +409,11 @@ async def test_a_body_being_read_holds_the_intake_budget_and_later_bodies_are_pu
     _, writer = await asyncio.open_connection(host, int(port))
     writer.write(f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\n"
                  "Content-Type: application/msgpack\r\n"
-                 f"Content-Length: {DEFAULT_INTAKE_BYTES}\r\n\r\n".encode() + b"\x91")
+                 f"Content-Length: {SMALL_INTAKE}\r\n\r\n".encode() + b"\x91")
     await writer.drain()
     try:
         deadline = time.monotonic() + 10
-        while await _intake_bytes(session, node.url) < DEFAULT_INTAKE_BYTES:
+        while await _intake_bytes(session, node.url) < SMALL_INTAKE:
             assert time.monotonic() < deadline, "the slow body never entered intake"
             await asyncio.sleep(0.01)  # polling a condition with a deadline
         status, problem, headers = await post(session, node.url, batch)
