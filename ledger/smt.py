@@ -156,29 +156,24 @@ class StatusMap:
         latest = dict(items)
         for key, value_hash in latest.items():
             _check(key, value_hash)
-        put = self._put
-        for key in sorted(latest):  # in key order, consecutive paths share cached nodes
-            for node in put(key, latest[key]):
-                node[3] = None  # pending
-        node = self._root
-        if node is None or node[3] is not None:
+        if not latest:
             return
-        # Depth first, left to right: a node is hashed right after its pending children,
-        # while they are still in the CPU cache. Leaves (tuples) are never pending.
+        put = self._put
+        keys = sorted(latest)
+        paths = [put(key, latest[key]) for key in keys]
+        # Keys in order: no later key passes below the branching where a key parts from
+        # the next one, so what lies below it on the key's path is final, and is hashed
+        # then, bottom up; what lies above it waits for the last key through it.
         sha = _sha256
         prefix = _PREFIX_BY_SHIFT
-        stack = [node]
-        push = stack.append
-        while stack:
-            node = stack[-1]
-            left, right = node[1], node[2]
-            if left[3] is None:
-                push(left)
-            elif right[3] is None:
-                push(right)
-            else:
-                node[3] = sha(prefix[node[0]] + left[3] + right[3]).digest()
-                stack.pop()
+        ints = [int.from_bytes(k, "big") for k in keys]
+        parts = [(a ^ b).bit_length() - 1 for a, b in pairwise(ints)]
+        parts.append(256)  # the last key: its whole path is final
+        for path, part in zip(paths, parts, strict=True):
+            for node in reversed(path):
+                if node[0] >= part:
+                    break
+                node[3] = sha(prefix[node[0]] + node[1][3] + node[2][3]).digest()
 
     def _put(self, key: bytes, value_hash: bytes) -> list[Node]:
         """Place the leaf; return the branchings above it, root first, to be rehashed.
