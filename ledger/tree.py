@@ -201,6 +201,13 @@ class MerkleTree:
 
     # ------------------------------------------------------------ tlog-tiles
 
+    def leaf_hashes(self, start: int, end: int) -> bytes:
+        """The leaf hashes [start, end), concatenated."""
+        if not 0 <= start <= end <= self._size:
+            raise IndexError(f"leaves [{start}, {end}) are not all in a tree of size "
+                             f"{self._size}")
+        return bytes(self._levels[0][start * HASH_SIZE:end * HASH_SIZE])
+
     def tile_hashes(self, level: int, index: int, width: int) -> bytes:
         """The bytes of hash tile (level, index) with its first `width` hashes."""
         row = self._levels[TILE_HEIGHT * level] if TILE_HEIGHT * level < len(self._levels) \

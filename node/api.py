@@ -18,6 +18,7 @@ from ledger.signed import SignedEvent
 from ledger.smt import map_key
 from ledger.status import ConsentStatus
 from node.intake import IntakeBudget, IntakeFull
+from node.leaf_index import LeafIndex
 from node.problems import ProblemResponse, problem_of, raise_problem
 from node.read_api import checkpoint_response, tile_response
 from node.runtime import RUNTIME, NodeRuntime
@@ -199,7 +200,12 @@ async def find_entry(request: web.Request) -> web.Response:
     raw = request.query.get("leaf_hash")
     if raw is None:
         raise_problem("out-of-range", "give ?leaf_hash=<hex or base64>")
-    index = await rt.storage.index_by_leaf(_hash_param(raw, "leaf_hash"))
+    leaf = _hash_param(raw, "leaf_hash")
+    while True:
+        tree = rt.tree
+        index = await request.app[LEAVES].find(tree, leaf)
+        if tree is rt.tree:  # else the ledger was reloaded meanwhile: look again
+            break
     if index is None:
         raise_problem("not-found", "no entry has that leaf hash")
     return await _entry_response(rt, index)
@@ -207,8 +213,12 @@ async def find_entry(request: web.Request) -> web.Response:
 
 async def get_event(request: web.Request) -> web.Response:
     rt = _runtime(request)
-    index = await rt.storage.index_by_event(_hash_param(request.match_info["event_id"],
-                                                        "event_id"))
+    event_id = _hash_param(request.match_info["event_id"], "event_id")
+    index = rt.state.index_of(event_id)  # the ledger's own index of events, in memory
+    if index is not None:
+        await _catch_up(rt, index + 1)
+        if rt.state.index_of(event_id) != index:  # overwritten meanwhile (a new leader's)
+            index = None
     if index is None:
         raise_problem("not-found", "no entry holds that event")
     return await _entry_response(rt, index)
@@ -331,6 +341,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 INTAKE = web.AppKey("intake", IntakeBudget)
+LEAVES = web.AppKey("leaves", LeafIndex)
 
 
 def add_routes(app: web.Application, *, intake_bytes: int) -> None:
@@ -339,6 +350,7 @@ def add_routes(app: web.Application, *, intake_bytes: int) -> None:
             app[RUNTIME].metrics.intake_bytes = in_use
 
     app[INTAKE] = IntakeBudget(intake_bytes, report=report)
+    app[LEAVES] = LeafIndex()
     app.router.add_get("/openapi.yaml", openapi)
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/checkpoint", get_checkpoint)

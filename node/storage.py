@@ -23,8 +23,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (
     idx INTEGER PRIMARY KEY,
-    event_id BLOB NOT NULL UNIQUE,
-    leaf BLOB NOT NULL UNIQUE,
+    event_id BLOB NOT NULL,  -- no index: lookups use the ledger's memory (node/leaf_index.py)
+    leaf BLOB NOT NULL,
     data BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tiles (
@@ -176,16 +176,6 @@ class Storage:
         rows = await self._db.execute_fetchall(
             "SELECT data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end))
         return [bytes(r[0]) for r in rows]
-
-    async def index_by_leaf(self, leaf: bytes) -> int | None:
-        row = await (await self._db.execute("SELECT idx FROM entries WHERE leaf=?", (leaf,))
-                     ).fetchone()
-        return None if row is None else int(row[0])
-
-    async def index_by_event(self, event_id: bytes) -> int | None:
-        row = await (await self._db.execute("SELECT idx FROM entries WHERE event_id=?",
-                                            (event_id,))).fetchone()
-        return None if row is None else int(row[0])
 
     async def tiles(self, level: int) -> list[TileRow]:
         rows = await self._db.execute_fetchall(
