@@ -483,6 +483,7 @@ class Replica:
         self._publish.set()
 
     async def _publisher(self) -> None:
+        refusals = 0  # checkpoints in a row without a majority of cosignatures
         while True:
             await self._publish.wait()
             self._publish.clear()
@@ -504,9 +505,11 @@ class Replica:
                     # without a majority of cosignatures. Asked again after a pause.
                     log.warning("checkpoint not published", extra={"size": size,
                                                                    "error": str(exc)})
-                    await asyncio.sleep(0.05)  # a back-off timer
+                    refusals += 1
+                    await asyncio.sleep(min(0.05 * 2 ** refusals, 1.0))  # a back-off timer
                     self._publish.set()
                     continue
+                refusals = 0
                 self._own = (size, signed)
                 await self._storage.store_published(tiles, (size, note))
                 self._rt.sequencer.published(size, note)
