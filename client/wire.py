@@ -184,10 +184,12 @@ def decode_body(data: bytes, *, max_items: int = MAX_BATCH_ITEMS
     max_size = max_items * SignedEvent.MAX_SIZE + _ARRAY_HEADER
     plain = unpack_canonical(data, max_size=max_size)
     if type(plain) is dict and plain:
-        return _envelope(plain, "")
+        return _envelope(plain, "", bytes(data))
     if type(plain) is list and plain and all(type(v) is dict for v in plain):
         _check_count(len(plain), max_items)
-        return [_envelope(v, f"[{i}]") for i, v in enumerate(plain)]
+        # The body is canonical, so each envelope's bytes are its map packed again (in C):
+        # the entry that will hold it splices them in (ledger/entry.py).
+        return [_envelope(v, f"[{i}]", pack(v)) for i, v in enumerate(plain)]
     # Not canonical, or not envelopes: the slow path names what is wrong.
     value = unpack(data, max_size=max_size)
     if type(value) is not list:
@@ -209,7 +211,7 @@ def decode_body(data: bytes, *, max_items: int = MAX_BATCH_ITEMS
     return items
 
 
-def _envelope(value: Any, path: str) -> SignedEvent:
+def _envelope(value: Any, path: str, wire: bytes | None = None) -> SignedEvent:
     if type(value) is dict:
         keys = list(value)
     elif type(value) is list and all(type(p) is tuple for p in value):
@@ -224,7 +226,7 @@ def _envelope(value: Any, path: str) -> SignedEvent:
         if key not in _ENVELOPE_FIELDS:
             raise UnknownFieldError("unknown field", field=_join(path, key))
     try:
-        return decoder_of(SignedEvent)(value, "")
+        return decoder_of(SignedEvent)(value, "", wire)
     except DecodeError as exc:
         raise _attributed(exc, path) from None
 

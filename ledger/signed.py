@@ -106,6 +106,11 @@ class SignedEvent(Record):
         """The event hash: how grants are named and resubmissions recognised."""
         return event_hash(self.event)
 
+    @lazy
+    def encoded(self) -> bytes:
+        """The canonical encoding (given by the decoder when it had the bytes at hand)."""
+        return self.encode()
+
     def signed_message(self) -> bytes:
         """The exact bytes the signer's key signed (computes the batch root if any)."""
         if self.batch is None:
