@@ -17,6 +17,7 @@ from ledger.errors import DecodeError, RejectedError
 from ledger.signed import SignedEvent
 from ledger.smt import map_key
 from ledger.status import ConsentStatus
+from node.decode_worker import MIN_BODY as DECODE_ELSEWHERE
 from node.intake import IntakeBudget, IntakeFull
 from node.leaf_index import LeafIndex
 from node.problems import ProblemResponse, problem_of, raise_problem
@@ -104,10 +105,14 @@ async def _read_events(request: web.Request, rt: NodeRuntime) -> tuple[list[Sign
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise_problem("too-large", f"at most {rt.config.max_body_bytes} bytes are accepted")
+    decoded: list[SignedEvent] | SignedEvent | None = None
+    if media != "application/json" and rt.decoder is not None \
+            and len(body) >= DECODE_ELSEWHERE:
+        decoded = await rt.decoder.decode(body, rt.config.max_batch_items)
     try:
         if media == "application/json":
             decoded = decode_json_body(body, max_items=rt.config.max_batch_items)
-        else:
+        elif decoded is None:  # small, refused (decoding again names why), or no child
             decoded = decode_body(body, max_items=rt.config.max_batch_items)
     except DecodeError as exc:
         raise ProblemResponse(problem_of(exc)) from None

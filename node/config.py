@@ -40,6 +40,9 @@ class NodeConfig:
     max_commit_entries: int = 4096
     max_skew_ms: int = 10 * 60 * 1000
     verify_threads: int = max(2, os.cpu_count() or 2)
+    # Large request bodies are decoded in a child process (node/decode_worker.py), on
+    # another core than the event loop. A node on its own only; false: on the loop.
+    decode_process: bool = True
     # A state snapshot every this many committed entries, so that a restart replays only
     # the entries after the newest one (0: never).
     snapshot_every: int = 100_000
@@ -86,15 +89,28 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if kind in ("Path", "Path | None"):
             return Path(value)
+        if kind == "bool":
+            return _boolean(value)
         if kind == "int":
             if isinstance(value, bool):
                 raise ValueError
             return int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be {kind}, got {value!r}") from None
+        expected = "true or false" if kind == "bool" else kind
+        raise ConfigError(f"{name} must be {expected}, got {value!r}") from None
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {value!r}")
     return value
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError
 
 
 def read_toml(path: Path) -> dict[str, Any]:

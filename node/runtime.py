@@ -23,6 +23,7 @@ from ledger.signed import public_bytes, sign_event
 from ledger.state import LedgerState
 from ledger.tree import MerkleTree
 from node.config import ConfigError, NodeConfig
+from node.decode_worker import DecodeWorker
 from node.local_commit import local_commit
 from node.metrics import Metrics
 from node.recovery import recover
@@ -50,6 +51,7 @@ class NodeRuntime:
     verifier: SignatureVerifier
     metrics: Metrics
     replica: Replica | None = None  # set on a cluster member
+    decoder: DecodeWorker | None = None  # decodes large bodies off the loop (one node)
 
 
 RUNTIME = web.AppKey("runtime", NodeRuntime)
@@ -142,8 +144,13 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
                 log.info("created log", extra={"origin": origin})
             assert state.operator_key_id is not None  # genesis is entry 0
             operator_public = state.keys[state.operator_key_id].public_key
-            yield NodeRuntime(config, origin, log_vkey, operator_public, storage,
-                              state, tree, sequencer, verifier, metrics)
+            decoder = await DecodeWorker.start() if config.decode_process else None
+            try:
+                yield NodeRuntime(config, origin, log_vkey, operator_public, storage,
+                                  state, tree, sequencer, verifier, metrics, decoder=decoder)
+            finally:
+                if decoder is not None:
+                    await decoder.close()
         finally:
             await stop_sequencing(sequencer, task, wal_task, timeout=30)
             await snapshots.close()  # a snapshot being written is finished, not lost

@@ -34,6 +34,8 @@ def test_key_files_can_be_given(tmp_path: Path) -> None:
     ("[node]\nmax_queue = 0\n", "max_queue"),
     ("[node]\nintake_bytes = 0\n", "intake_bytes"),
     ("[node]\nlog_level = 'loud'\n", "log_level"),
+    ("[node]\ndecode_process = 'maybe'\n", "decode_process must be true or false"),
+    ("[node]\ndecode_process = 1.5\n", "decode_process"),
 ])
 def test_bad_settings_are_named(tmp_path: Path, text: str, word: str) -> None:
     file = tmp_path / "node.toml"
@@ -41,6 +43,20 @@ def test_bad_settings_are_named(tmp_path: Path, text: str, word: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(file=file, env={}, data_dir=tmp_path)
     assert word in str(err.value)
+
+
+@pytest.mark.parametrize("file_value, env_value, expected", [
+    ("", None, True),
+    ("decode_process = false", None, False),
+    ("decode_process = true", "off", False),
+    ("decode_process = false", "1", True),
+])
+def test_the_decoding_process_can_be_switched_off(
+        tmp_path: Path, file_value: str, env_value: str | None, expected: bool) -> None:
+    file = tmp_path / "node.toml"
+    file.write_text(f"[node]\n{file_value}\n")
+    env = {} if env_value is None else {"CONSENT_LEDGER_DECODE_PROCESS": env_value}
+    assert load_config(file=file, env=env, data_dir=tmp_path).decode_process is expected
 
 
 def test_data_dir_is_required() -> None:

@@ -1,0 +1,156 @@
+"""Request bodies decoded in a process of their own, so the event loop's core sequences.
+
+Strict decoding (canonical form, every field's rules, the event inside each envelope)
+is the largest single part of a node's event-loop time per event, while a node on its
+own leaves its second core nearly idle. So the node starts one child process (`python
+-m node.decode_worker`) and sends it the large bodies over a pipe; the child decodes
+each one exactly as the loop would and sends back the envelopes, pickled, which costs
+the loop about a quarter of decoding them.
+
+- The loop reads the pipe itself: a thread in between would wait for the GIL behind the
+  busy loop on every reply.
+- The pipes are widened to 1 MiB: a reply waits there until the loop reads it, and with
+  the default 64 KiB the child spent most of its time blocked on a half-read reply.
+- The child's replies are trusted as the node's own code: it is the node's child, on
+  pipes nobody else holds.
+- A body the child refuses comes back as a refusal and the loop decodes it again, so
+  every error is raised by the same code whichever way a body went.
+- If the child dies, the loop decodes everything itself from then on, and logs why. The
+  child exits when the node closes the pipe, or dies, since its pipe then ends too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import pickle
+import signal
+import struct
+import sys
+from typing import BinaryIO
+
+from client.wire import decode_body
+from ledger.signed import SignedEvent
+
+log = logging.getLogger("consent_ledger.decode_worker")
+
+MIN_BODY = 16 * 1024  # smaller bodies decode on the loop sooner than a round trip takes
+_PIPE_SIZE = 1 << 20
+_READ_LIMIT = 8 << 20  # the loop's pipe reader would otherwise pause at 128 KiB buffered
+_REQUEST = struct.Struct(">II")  # body length, most envelopes allowed
+_REPLY = struct.Struct(">IB")  # payload length, kind
+_DECODED, _REFUSED = 0, 1
+
+Decoded = list[SignedEvent] | SignedEvent
+
+
+class DecodeWorker:
+    """One child process that decodes bodies in order."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self._process = process
+        self._requests = process.stdin
+        self._replies = process.stdout
+        self._waiting: collections.deque[asyncio.Future[Decoded | None]] = collections.deque()
+        self._alive = True
+        self._reader = asyncio.create_task(self._read_replies(), name="decode-worker")
+
+    @classmethod
+    async def start(cls) -> DecodeWorker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "node.decode_worker", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, limit=_READ_LIMIT)
+        return cls(process)
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    async def decode(self, body: bytes, max_items: int) -> Decoded | None:
+        """The body's envelopes, or None: the caller decodes it (refused, or no child)."""
+        if not self._alive:
+            return None
+        future: asyncio.Future[Decoded | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self._requests.write(_REQUEST.pack(len(body), max_items))
+        self._requests.write(body)
+        # If the child is gone, the reader answers every waiting body with None.
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._requests.drain()
+        return await future
+
+    async def _read_replies(self) -> None:
+        try:
+            while True:
+                length, kind = _REPLY.unpack(await self._replies.readexactly(_REPLY.size))
+                payload = await self._replies.readexactly(length)
+                future = self._waiting.popleft()
+                if not future.done():
+                    future.set_result(pickle.loads(payload) if kind == _DECODED else None)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            if self._alive:
+                log.warning("the decoding process stopped; bodies are decoded on the event "
+                            "loop from now on", extra={"error": type(exc).__name__,
+                                                       "exit_code": self._process.returncode})
+        finally:
+            self._alive = False
+            while self._waiting:
+                future = self._waiting.popleft()
+                if not future.done():
+                    future.set_result(None)
+
+    async def close(self) -> None:
+        """Let the child answer what it holds, then end it."""
+        self._alive = False
+        self._requests.close()
+        try:
+            await asyncio.wait_for(self._process.wait(), timeout=5)
+        except TimeoutError:
+            self._process.kill()
+            await self._process.wait()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
+    while True:
+        header = requests.read(_REQUEST.size)
+        if len(header) < _REQUEST.size:
+            return  # the node closed the pipe, or died
+        length, max_items = _REQUEST.unpack(header)
+        body = requests.read(length)
+        try:
+            decoded = decode_body(body, max_items=max_items)
+            for signed in decoded if isinstance(decoded, list) else [decoded]:
+                _ = signed.id, signed.encoded  # computed here, not on the loop
+            payload = pickle.dumps(decoded, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # refused, whatever the reason: the loop decodes it and says why
+            replies.write(_REPLY.pack(0, _REFUSED))
+        else:
+            replies.write(_REPLY.pack(len(payload), _DECODED))
+            replies.write(payload)
+        replies.flush()
+
+
+def _widen_pipes() -> None:
+    try:
+        import fcntl
+
+        for fd in (0, 1):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    except (ImportError, AttributeError, OSError):
+        pass  # not Linux, or a lower limit: the child only waits more often
+
+
+if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group: the node stops and closes the pipe, and
+    # the child answers what it holds before it exits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _widen_pipes()
+    _serve(sys.stdin.buffer, sys.stdout.buffer)

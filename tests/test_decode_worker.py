@@ -1,0 +1,177 @@
+"""Large bodies decoded in the node's child process: the same envelopes, the same errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import msgpack
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from factories import grant
+from nodeclient import msgpack_body, now_ms, post, post_raw, register_controller
+from nodeproc import NodeProcess
+
+from client.wire import decode_body
+from ledger.signed import SignedEvent, sign_batch
+from node.decode_worker import MIN_BODY, DecodeWorker
+
+KEY = Ed25519PrivateKey.generate()
+
+
+def batch(n: int, first: int = 0, key: Ed25519PrivateKey = KEY) -> list[SignedEvent]:
+    t = now_ms()
+    return sign_batch([grant(consented_at=t, valid_until=t + 10**8,
+                             subject=(first + i).to_bytes(32, "big")) for i in range(n)], key)
+
+
+def same_envelopes(got: object, want: list[SignedEvent]) -> None:
+    assert isinstance(got, list)
+    assert got == want
+    assert [s.id for s in got] == [s.id for s in want]
+    assert [s.encoded for s in got] == [s.encoded for s in want]
+    assert [s.body for s in got] == [s.body for s in want]
+
+
+@pytest.fixture
+async def worker() -> AsyncIterator[DecodeWorker]:
+    worker = await DecodeWorker.start()
+    yield worker
+    await worker.close()
+
+
+async def test_the_child_decodes_what_the_loop_would(worker: DecodeWorker) -> None:
+    body = msgpack_body(batch(300))
+    assert len(body) >= MIN_BODY
+    same_envelopes(await worker.decode(body, 1000), decode_body(body, max_items=1000))  # type: ignore[arg-type]
+
+
+async def test_bodies_in_flight_together_come_back_each_to_its_sender(
+        worker: DecodeWorker) -> None:
+    bodies = [msgpack_body(batch(40 + i, first=1000 * i)) for i in range(12)]
+    results = await asyncio.gather(*(worker.decode(b, 1000) for b in bodies))
+    for body, got in zip(bodies, results, strict=True):
+        same_envelopes(got, decode_body(body, max_items=1000))  # type: ignore[arg-type]
+
+
+async def test_a_refused_body_is_left_to_the_loop_and_later_ones_still_decode(
+        worker: DecodeWorker) -> None:
+    good = msgpack_body(batch(30))
+    assert await worker.decode(b"\xc1" * MIN_BODY, 1000) is None
+    assert await worker.decode(good, 10) is None  # more envelopes than allowed
+    same_envelopes(await worker.decode(good, 1000), decode_body(good, max_items=1000))  # type: ignore[arg-type]
+    assert worker.alive
+
+
+async def test_closing_ends_the_child() -> None:
+    worker = await DecodeWorker.start()
+    body = msgpack_body(batch(30))
+    pending = asyncio.ensure_future(worker.decode(body, 1000))
+    await asyncio.sleep(0)  # the request is in the pipe before the pipe is closed
+    await worker.close()
+    same_envelopes(await pending, decode_body(body, max_items=1000))  # type: ignore[arg-type]
+    assert worker._process.returncode == 0
+    assert await worker.decode(body, 1000) is None
+
+
+async def test_a_killed_child_leaves_decoding_to_the_loop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="consent_ledger.decode_worker")
+    worker = await DecodeWorker.start()
+    os.kill(worker.pid, signal.SIGKILL)
+    assert await worker.decode(msgpack_body(batch(30)), 1000) is None
+    assert not worker.alive
+    assert any("decoding process stopped" in r.getMessage() for r in caplog.records)
+    await worker.close()
+
+
+# ---------------------------------------------------------------- in a real node
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # polling another process's exit, not ordering our own steps
+    return True
+
+
+async def test_a_node_decodes_large_bodies_in_its_child_and_outlives_it(
+        tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "data", "--origin", "test.example/decode")
+    node.start()
+    try:
+        assert node.proc is not None
+        (child,) = children_of(node.proc.pid)
+        assert b"node.decode_worker" in Path(f"/proc/{child}/cmdline").read_bytes()
+        async with aiohttp.ClientSession() as session:
+            key = await register_controller(session, node.url, node.data_dir / "operator.key")
+            status, body, _ = await post(session, node.url, batch(300, key=key))
+            assert status == 200, body
+            assert len(body["results"]) == 300
+
+            # The child refuses, the loop decodes again and names the field, as it would.
+            wires = [s.to_wire() for s in batch(300, first=10_000, key=key)]
+            wires[200]["sig"] = wires[200]["sig"][:63]
+            status, problem, _ = await post_raw(session, node.url, msgpack.packb(wires))
+            assert status == 400
+            assert problem["type"].endswith("/invalid-field"), problem
+            assert problem["field"] == "[200].sig"
+
+            os.kill(child, signal.SIGKILL)
+            status, body, _ = await post(session, node.url, batch(300, first=20_000, key=key))
+            assert status == 200, body
+            assert len(body["results"]) == 300
+        assert "decoding process stopped" in node.stderr()
+    finally:
+        assert node.stop() == 0, node.stderr()
+
+
+def test_a_killed_node_takes_its_child_with_it(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "data")
+    node.start()
+    assert node.proc is not None
+    (child,) = children_of(node.proc.pid)
+    node.kill()
+    assert wait_gone(child)
+
+
+def test_decoding_on_the_loop_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSENT_LEDGER_DECODE_PROCESS", "false")
+    node = NodeProcess(tmp_path / "data")
+    node.start()
+    try:
+        assert node.proc is not None
+        assert children_of(node.proc.pid) == []
+    finally:
+        assert node.stop() == 0, node.stderr()
