@@ -113,6 +113,11 @@ class SignedEvent(Record):
 
     def signed_message(self) -> bytes:
         """The exact bytes the signer's key signed (computes the batch root if any)."""
+        return self.message
+
+    @lazy
+    def message(self) -> bytes:
+        """signed_message(), kept: a node's decoding process computes it beside the rest."""
         if self.batch is None:
             return EVENT_TAG + self.id
         b = self.batch

@@ -32,6 +32,7 @@ import sys
 from typing import BinaryIO
 
 from client.wire import decode_body
+from ledger.errors import SignatureError
 from ledger.signed import SignedEvent
 
 log = logging.getLogger("consent_ledger.decode_worker")
@@ -129,6 +130,8 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
             decoded = decode_body(body, max_items=max_items)
             for signed in decoded if isinstance(decoded, list) else [decoded]:
                 _ = signed.id, signed.encoded  # computed here, not on the loop
+                with contextlib.suppress(SignatureError):  # the loop finds it, and says so
+                    _ = signed.message
             payload = pickle.dumps(decoded, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # refused, whatever the reason: the loop decodes it and says why
             replies.write(_REPLY.pack(0, _REFUSED))

@@ -37,6 +37,7 @@ def same_envelopes(got: object, want: list[SignedEvent]) -> None:
     assert [s.id for s in got] == [s.id for s in want]
     assert [s.encoded for s in got] == [s.encoded for s in want]
     assert [s.body for s in got] == [s.body for s in want]
+    assert [s.__dict__["message"] for s in got] == [s.signed_message() for s in want]
 
 
 @pytest.fixture
@@ -147,6 +148,15 @@ async def test_a_node_decodes_large_bodies_in_its_child_and_outlives_it(
             assert status == 400
             assert problem["type"].endswith("/invalid-field"), problem
             assert problem["field"] == "[200].sig"
+
+            # A path that leads elsewhere: the child's signed message for it fails to verify.
+            wires = [s.to_wire() for s in batch(300, first=30_000, key=key)]
+            wires[100]["batch"]["index"] = 101
+            status, body, _ = await post_raw(session, node.url, msgpack.packb(wires))
+            assert status == 200, body
+            problems = {i: r["problem"]["type"] for i, r in enumerate(body["results"])
+                        if "problem" in r}
+            assert list(problems) == [100] and problems[100].endswith("/bad-signature")
 
             os.kill(child, signal.SIGKILL)
             status, body, _ = await post(session, node.url, batch(300, first=20_000, key=key))
