@@ -9,7 +9,9 @@ ends, so a cluster member's uncommitted tail never enters a snapshot.
 Capturing (shallow copies, the status map's leaves) must see the state hold still: on
 one node the sequencer awaits its commit, hence `after_commit`, while the capture runs
 in a thread and the event loop keeps serving reads. Encoding the capture and writing
-it happen in the background after that, while the state moves on.
+it happen in the background after that, while the state moves on: the encoding on the
+loop itself, a slice of rows at a time between its other work (in a thread it shared
+the GIL with the loop, which then went at half pace for a second or more).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from ledger.state import LedgerState
-from ledger.state_snapshot import Capture, capture, encode_capture
+from ledger.state_snapshot import Capture, capture, encode_steps
 from node.storage import Storage
 
 log = logging.getLogger("consent_ledger.snapshots")
@@ -70,7 +72,14 @@ class Snapshotter:
     async def _write(self, captured: Capture, capture_seconds: float) -> None:
         started = time.perf_counter()
         try:
-            data = await asyncio.to_thread(encode_capture, captured)
+            steps = encode_steps(captured)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    data = done.value
+                    break
+                await asyncio.sleep(0)  # the loop's other work between two slices
             await self._storage.store_snapshot(captured.size, data, keep=KEEP)
         except Exception as exc:  # the log is intact; the next snapshot is due sooner
             self._last = None
