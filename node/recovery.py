@@ -189,7 +189,9 @@ async def check_checkpoint(storage: Storage, tree: MerkleTree,
     """The latest checkpoint, which must verify and commit to the tree."""
     latest = await storage.latest_checkpoint()
     if latest is None:
-        if tree.size:
+        # A member stores its first checkpoint with the tiles after it (node/replica.py),
+        # so until then every entry it holds is a tail its Raft log decides about.
+        if tree.size and not uncommitted_tail:
             raise StorageError(f"{tree.size} entries but no checkpoint")
         return None
     size, note = latest
