@@ -68,7 +68,8 @@ async def fsck(config: NodeConfig, out: Callable[[str], None]) -> None:
         if bad:
             raise StorageError(f"the state snapshot at size {', '.join(bad)} does not match "
                                "the replayed log (a node refuses it and replays instead; "
-                               "delete the row from the snapshots table)")
+                               "delete the row from the snapshots table of "
+                               f"{storage.snapshot_path.name})")
     finally:
         await storage.close()
 

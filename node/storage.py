@@ -34,6 +34,12 @@ CREATE TABLE IF NOT EXISTS tiles (
     PRIMARY KEY (level, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note BLOB NOT NULL);
+"""
+# State snapshots live in a database of their own beside the ledger's (`snapshot_path`):
+# storing one is tens of megabytes, which in the ledger's database held its only writer
+# for a second or two, and every commit waited behind it. They are caches, checked
+# against the log before use, so a separate file risks nothing.
+_SNAPSHOT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (size INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
 
@@ -61,6 +67,7 @@ class Storage:
         self._db = db
         self._path = path
         self._checkpointer: aiosqlite.Connection | None = None
+        self._snapshots: aiosqlite.Connection | None = None
         # One connection, several tasks (a cluster member persists Raft entries while it
         # publishes tiles): writes take turns, or one's BEGIN would land inside another's.
         self._writing = asyncio.Lock()
@@ -72,19 +79,8 @@ class Storage:
         `_execute` its own methods use): statement by statement, every step was a trip
         there and back, each waiting for the busy event loop, so a four-statement write
         under load took 10-30 ms instead of 3."""
-        def transaction() -> None:
-            conn = self._db._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                statements(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # a failed COMMIT too: the next BEGIN must work
-                    conn.execute("ROLLBACK")
-                raise
-
         async with self._writing:  # one connection, several writers: they take turns
-            await self._db._execute(transaction)
+            await _transaction(self._db, statements)
 
     @classmethod
     async def open(cls, path: Path) -> Self:
@@ -99,6 +95,9 @@ class Storage:
             if result is None or result[0] != "ok":
                 raise StorageError(f"{path}: SQLite integrity check failed: {result}")
             await db.executescript(_SCHEMA)
+            # Snapshots stored here before they had a file of their own: a restart
+            # after the upgrade replays the whole log once, then takes new ones.
+            await db.execute("DROP TABLE IF EXISTS snapshots")
             storage = cls(db, path)
             version = await storage.get_meta("schema_version")
             if version is None:
@@ -114,8 +113,9 @@ class Storage:
             raise
 
     async def close(self) -> None:
-        if self._checkpointer is not None:
-            await self._checkpointer.close()
+        for other in (self._checkpointer, self._snapshots):
+            if other is not None:
+                await other.close()
         await self._db.close()
 
     async def checkpoint_wal(self) -> None:
@@ -195,6 +195,26 @@ class Storage:
 
     # ---------------------------------------------------------------- state snapshots
 
+    @property
+    def snapshot_path(self) -> Path:
+        return self._path.with_suffix(".snapshots.sqlite")
+
+    async def _snapshot_db(self) -> aiosqlite.Connection:
+        if self._snapshots is None:
+            db = await aiosqlite.connect(self.snapshot_path, isolation_level=None)
+            try:
+                await db.execute("PRAGMA journal_mode=WAL")
+                await db.execute("PRAGMA synchronous=FULL")
+                await db.executescript(_SNAPSHOT_SCHEMA)
+            except BaseException as exc:
+                await db.close()
+                if isinstance(exc, sqlite3.DatabaseError):
+                    raise StorageError(f"{self.snapshot_path}: not a usable database "
+                                       f"({exc})") from None
+                raise
+            self._snapshots = db
+        return self._snapshots
+
     async def store_snapshot(self, size: int, data: bytes, *, keep: int) -> None:
         """Store the state snapshot at `size`; only the `keep` largest sizes stay."""
         def statements(db: sqlite3.Connection) -> None:
@@ -202,14 +222,33 @@ class Storage:
                        (size, data))
             db.execute("DELETE FROM snapshots WHERE size NOT IN "
                        "(SELECT size FROM snapshots ORDER BY size DESC LIMIT ?)", (keep,))
-        await self.write(statements)
+        await _transaction(await self._snapshot_db(), statements)
 
     async def snapshot_sizes(self) -> list[int]:
         """The sizes snapshots are stored at, largest first."""
-        rows = await self._db.execute_fetchall("SELECT size FROM snapshots ORDER BY size DESC")
+        db = await self._snapshot_db()
+        rows = await db.execute_fetchall("SELECT size FROM snapshots ORDER BY size DESC")
         return [int(r[0]) for r in rows]
 
     async def snapshot(self, size: int) -> bytes | None:
-        row = await (await self._db.execute("SELECT data FROM snapshots WHERE size=?", (size,))
+        db = await self._snapshot_db()
+        row = await (await db.execute("SELECT data FROM snapshots WHERE size=?", (size,))
                      ).fetchone()
         return None if row is None else bytes(row[0])
+
+
+async def _transaction(db: aiosqlite.Connection,
+                       statements: Callable[[sqlite3.Connection], object]) -> None:
+    """BEGIN IMMEDIATE, `statements`, COMMIT, as one call on the connection's thread."""
+    def transaction() -> None:
+        conn = db._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            statements(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # a failed COMMIT too: the next BEGIN must work
+                conn.execute("ROLLBACK")
+            raise
+
+    await db._execute(transaction)

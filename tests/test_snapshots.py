@@ -31,27 +31,30 @@ from ledger.tree import MerkleTree
 from node.config import ConfigError, load_config
 from node.local_commit import touched_tiles
 from node.recovery import recover
-from node.storage import Storage
+from node.storage import Storage, StorageError
 
 EVERY = 100
 BATCHES = 8
 PER_BATCH = 50
 
 
-def _db(proc: NodeProcess) -> sqlite3.Connection:
-    return sqlite3.connect(proc.data_dir / "ledger.sqlite")
+LEDGER, SNAPSHOTS = "ledger.sqlite", "ledger.snapshots.sqlite"  # see node/storage.py
+
+
+def _db(proc: NodeProcess, file: str) -> sqlite3.Connection:
+    return sqlite3.connect(proc.data_dir / file)
 
 
 def snapshot_sizes(proc: NodeProcess) -> list[int]:
-    db = _db(proc)
+    db = _db(proc, SNAPSHOTS)
     try:
         return [r[0] for r in db.execute("SELECT size FROM snapshots ORDER BY size DESC")]
     finally:
         db.close()
 
 
-def _sql(proc: NodeProcess, statement: str, *args: object) -> None:
-    db = _db(proc)
+def _sql(proc: NodeProcess, statement: str, *args: object, file: str = SNAPSHOTS) -> None:
+    db = _db(proc, file)
     with db:
         db.execute(statement, args)
     db.close()
@@ -299,15 +302,15 @@ def test_a_tampered_entry_before_the_snapshot_is_still_refused(
     """Start-up no longer replays the entries a snapshot covers, but still rehashes them
     and compares the tiles: a torn or altered database is reported, never served."""
     proc = _copy(written, tmp_path)
-    db = _db(proc)
+    db = _db(proc, LEDGER)
     (data,) = db.execute("SELECT data FROM entries WHERE idx = 7").fetchone()
     db.close()
     forged = bytes(data[:-1]) + bytes([data[-1] ^ 1])
     if reseal_leaf:
         _sql(proc, "UPDATE entries SET data = ?, leaf = ? WHERE idx = 7",
-             forged, merkle.leaf_hash(forged))
+             forged, merkle.leaf_hash(forged), file=LEDGER)
     else:
-        _sql(proc, "UPDATE entries SET data = ? WHERE idx = 7", forged)
+        _sql(proc, "UPDATE entries SET data = ? WHERE idx = 7", forged, file=LEDGER)
     with pytest.raises(NodeFailedToStart) as err:
         proc.start()
     assert "Traceback" not in str(err.value)
@@ -319,3 +322,66 @@ def test_snapshot_every_must_not_be_negative(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="snapshot_every"):
         load_config(data_dir=tmp_path, snapshot_every=-1)
     assert load_config(data_dir=tmp_path, snapshot_every="0").snapshot_every == 0
+
+
+async def test_a_snapshot_being_stored_never_holds_up_a_commit(tmp_path: Path) -> None:
+    storage = await Storage.open(tmp_path / "ledger.sqlite")
+    try:
+        assert await storage.snapshot_sizes() == []
+        # Another connection holds the snapshot database's write lock: the snapshot
+        # waits for it, and meanwhile the ledger still commits.
+        blocker = sqlite3.connect(storage.snapshot_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        storing = asyncio.ensure_future(storage.store_snapshot(5, b"s" * 1_000_000, keep=2))
+        await storage.commit_batch([(0, bytes(32), bytes(32), b"entry")], [], 1, b"note")
+        assert not storing.done()
+        blocker.execute("COMMIT")
+        blocker.close()
+        await storing
+        assert await storage.snapshot_sizes() == [5]
+        assert await storage.snapshot(5) == b"s" * 1_000_000
+    finally:
+        await storage.close()
+
+
+async def test_snapshots_stored_in_the_ledger_database_before_are_dropped(
+        tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "ledger.sqlite")
+    with db:
+        db.execute("CREATE TABLE snapshots (size INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+        db.execute("INSERT INTO snapshots VALUES (7, x'00')")
+    db.close()
+    storage = await Storage.open(tmp_path / "ledger.sqlite")
+    try:
+        assert not await storage.has_table("snapshots")
+        assert await storage.snapshot_sizes() == []
+    finally:
+        await storage.close()
+
+
+async def test_a_member_with_entries_but_no_checkpoint_yet_recovers_them_as_its_tail(
+        tmp_path: Path) -> None:
+    """A follower stores the first checkpoint it hears of with its next tiles: killed
+    before that, it holds entries and no checkpoint, and must start again (the deploy
+    test's restore from online backups hit this). One node never may."""
+    operator = Ed25519PrivateKey.generate()
+    state = LedgerState()
+    entry = state.admit(sign_event(Genesis(origin="test.example/tail",
+                                           operator_key=public_bytes(operator),
+                                           created_at=now_ms(), max_skew_ms=60_000),
+                                   operator), now_ms(), signature_verified=False)
+    storage = await Storage.open(tmp_path / "ledger.sqlite")
+    try:
+        await storage.write(lambda db: db.execute(
+            "INSERT INTO entries(idx, event_id, leaf, data) VALUES (?, ?, ?, ?)",
+            (0, entry.signed.id, entry.leaf_hash, entry.encoded)))
+
+        def no_note(note: bytes) -> Checkpoint:
+            raise AssertionError("there is no checkpoint to open")
+
+        restored, tree, note = await recover(storage, no_note, uncommitted_tail=True)
+        assert (restored.size, tree.size, note) == (1, 1, None)
+        with pytest.raises(StorageError, match="1 entries but no checkpoint"):
+            await recover(storage, no_note, uncommitted_tail=False)
+    finally:
+        await storage.close()
