@@ -20,7 +20,7 @@ from node.metrics import Metrics
 from node.recovery import recover
 from node.replica import Replica, restore_raft
 from node.replica_storage import ReplicaStorage
-from node.runtime import NodeRuntime, checkpoint_wal_every, stop_sequencing
+from node.runtime import NodeRuntime, housekeeping_every, stop_sequencing
 from node.sequencer import Sequencer
 from node.verifier import SignatureVerifier
 
@@ -110,7 +110,8 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
         rt.replica = replica
         await replica.start()
         task = asyncio.create_task(sequencer.run(), name="sequencer")
-        wal_task = asyncio.create_task(checkpoint_wal_every(storage, 1.0), name="wal")
+        wal_task = asyncio.create_task(
+            housekeeping_every(storage, lambda: rt.state.size, 1.0), name="housekeeping")
         try:
             yield rt
         finally:

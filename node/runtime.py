@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from client.keys import generate_key_file, load_private_key
 from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from ledger.events import Genesis
-from ledger.heap import settle_loaded_state
+from ledger.heap import GrowingState, settle_loaded_state
 from ledger.note import ALG_ED25519, Ed25519Signer, format_verifier_key, new_verifier
 from ledger.signed import public_bytes, sign_event
 from ledger.state import LedgerState
@@ -76,9 +76,13 @@ async def _origin(storage: Storage, config: NodeConfig) -> str:
     return origin
 
 
-async def checkpoint_wal_every(storage: Storage, seconds: float) -> None:
+async def housekeeping_every(storage: Storage, size: Callable[[], int],
+                             seconds: float) -> None:
+    """Copy the WAL into the database; keep the ledger's growth out of the collector."""
+    growing = GrowingState(size())
     while True:
         await asyncio.sleep(seconds)  # a timer, not synchronisation
+        growing.grew_to(size())
         try:
             await storage.checkpoint_wal()
         except Exception:  # a failed checkpoint loses nothing: the WAL still holds it all
@@ -132,7 +136,8 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
             max_commit_entries=config.max_commit_entries,
         )
         task = asyncio.create_task(sequencer.run(), name="sequencer")
-        wal_task = asyncio.create_task(checkpoint_wal_every(storage, 1.0), name="wal")
+        wal_task = asyncio.create_task(
+            housekeeping_every(storage, lambda: state.size, 1.0), name="housekeeping")
         try:
             if state.size == 0:
                 # The operator key is needed once, here; after genesis it may live offline.
