@@ -148,6 +148,7 @@ def encode_steps(cap: Capture) -> Generator[None, None, bytes]:
         g.index, sid(g.controller), g.subject, [sid(p) for p in g.purposes], g.valid_until,
         g.token_hash, before(g.revoked_at)])
     grant_index = {gid: g.index for gid, g in cap.grants.items()}
+    yield
     try:
         status_rows = yield from _rows(list(cap.statuses.items()), lambda item: [
             sid(item[0][0]), item[0][1], sid(item[0][2]), item[1].index,
@@ -160,15 +161,25 @@ def encode_steps(cap: Capture) -> Generator[None, None, bytes]:
         leaf_parts.append(b"".join([leaf[1] + leaf[2]
                                     for leaf in cap.leaves[start:start + ROWS_PER_STEP]]))
         yield
-    body = b"".join([
+    leaves = _pack(b"".join(leaf_parts))
+    yield
+    body_parts = [
         _array_header(_BODY_FIELDS),
         *map(_pack, [size, cap.prev, cap.last_time, cap.origin, cap.operator_key_id,
                      cap.max_skew_ms, cap.map_root,
                      b"".join(cap.ids),  # insertion order is entry order: one id an entry
                      list(strings)]),
-        keys, controllers, grant_rows, status_rows, _pack(b"".join(leaf_parts)),
-    ])
-    return _pack([MAGIC, VERSION, _sha256(body).digest(), body])
+        keys, controllers, grant_rows, status_rows, leaves,
+    ]
+    yield
+    # The tail in steps too: tens of megabytes to hash, join and frame.
+    digest = _sha256()
+    for part in body_parts:
+        digest.update(part)
+        yield
+    body = b"".join(body_parts)
+    yield
+    return _pack([MAGIC, VERSION, digest.digest(), body])
 
 
 def _pack(value: Any) -> bytes:

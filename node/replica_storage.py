@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import msgpack
 
-from node.storage import Storage, StorageError
+from node.storage import Storage, StorageError, insert_rows
 
 _RAFT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS raft_log (
@@ -92,12 +92,10 @@ class ReplicaStorage(Storage):
                     db.execute("DELETE FROM entries WHERE idx >= ?", (int(first[0]),))
                 db.execute("DELETE FROM raft_log WHERE ridx > ?", (truncate_after,))
             if raft_rows:
-                db.executemany("INSERT INTO raft_log(ridx, term, kind, first, end, data) "
-                               "VALUES (?, ?, ?, ?, ?, ?)", raft_rows)
+                insert_rows(db, "INSERT INTO raft_log(ridx, term, kind, first, end, data)",
+                            raft_rows)
             if entries:
-                db.executemany(
-                    "INSERT INTO entries(idx, event_id, leaf, data) VALUES (?, ?, ?, ?)",
-                    entries)
+                insert_rows(db, "INSERT INTO entries(idx, event_id, leaf, data)", entries)
         await self.write(statements)
 
     async def raft_range(self, lo: int, hi: int) -> list[RaftRow]:
@@ -112,8 +110,7 @@ class ReplicaStorage(Storage):
                               checkpoint: tuple[int, bytes] | None) -> None:
         """Tiles of newly committed entries and (on the leader) the checkpoint for them."""
         def statements(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "INSERT OR REPLACE INTO tiles(level, idx, hashes) VALUES (?, ?, ?)", tiles)
+            insert_rows(db, "INSERT OR REPLACE INTO tiles(level, idx, hashes)", tiles)
             if checkpoint is not None:
                 db.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)",
                            checkpoint)

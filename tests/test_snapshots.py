@@ -31,7 +31,7 @@ from ledger.tree import MerkleTree
 from node.config import ConfigError, load_config
 from node.local_commit import touched_tiles
 from node.recovery import recover
-from node.storage import Storage, StorageError
+from node.storage import SNAPSHOT_PART_BYTES, Storage, StorageError
 
 EVERY = 100
 BATCHES = 8
@@ -58,6 +58,13 @@ def _sql(proc: NodeProcess, statement: str, *args: object, file: str = SNAPSHOTS
     with db:
         db.execute(statement, args)
     db.close()
+
+
+def file_older_as_newest(proc: NodeProcess, older: int, newest: int) -> None:
+    """A valid snapshot, filed under another size than its own."""
+    for table in ("snapshots", "snapshot_parts"):
+        _sql(proc, f"DELETE FROM {table} WHERE size = ?", newest)
+        _sql(proc, f"UPDATE {table} SET size = ? WHERE size = ?", newest, older)
 
 
 def recoveries(proc: NodeProcess) -> list[dict[str, Any]]:
@@ -190,8 +197,8 @@ def test_a_snapshot_that_disagrees_is_refused_and_recovery_falls_back(
     assert proc.stop() == 0
 
     # A torn row: its digest gives it away; the older snapshot is used.
-    _sql(proc, "UPDATE snapshots SET data = CAST(substr(data, 1, length(data) - 40) || "
-               "zeroblob(40) AS BLOB) WHERE size = ?", newest)
+    _sql(proc, "UPDATE snapshot_parts SET data = CAST(substr(data, 1, length(data) - 40) || "
+               "zeroblob(40) AS BLOB) WHERE size = ? AND part = 0", newest)
     proc.start()
     assert recoveries(proc)[-1] == {**recoveries(proc)[-1], "snapshot": older,
                                     "replayed": size - older}
@@ -200,8 +207,7 @@ def test_a_snapshot_that_disagrees_is_refused_and_recovery_falls_back(
     assert proc.stop() == 0
 
     # A valid snapshot filed under the wrong size disagrees with the log: full replay.
-    _sql(proc, "DELETE FROM snapshots WHERE size = ?", newest)
-    _sql(proc, "UPDATE snapshots SET size = ? WHERE size = ?", newest, older)
+    file_older_as_newest(proc, older, newest)
     proc.start()
     assert (recoveries(proc)[-1]["snapshot"], recoveries(proc)[-1]["replayed"]) == (0, size)
     assert f"it holds {older} entries" in refusals(proc)[-1]
@@ -220,8 +226,7 @@ def test_fsck_replays_everything_and_compares_each_snapshot(
     assert "checkpoint   size" in result.stdout
 
     # A snapshot of a different state (the older one, filed as the newer) is reported.
-    _sql(proc, "DELETE FROM snapshots WHERE size = ?", newest)
-    _sql(proc, "UPDATE snapshots SET size = ? WHERE size = ?", newest, older)
+    file_older_as_newest(proc, older, newest)
     error = one_line_error(cli("fsck", "--data", str(proc.data_dir)), 1)
     assert f"snapshot at size {newest} does not match" in error
 
@@ -383,5 +388,24 @@ async def test_a_member_with_entries_but_no_checkpoint_yet_recovers_them_as_its_
         assert (restored.size, tree.size, note) == (1, 1, None)
         with pytest.raises(StorageError, match="1 entries but no checkpoint"):
             await recover(storage, no_note, uncommitted_tail=False)
+    finally:
+        await storage.close()
+
+
+async def test_a_snapshot_is_stored_in_parts_and_read_back_whole(tmp_path: Path) -> None:
+    storage = await Storage.open(tmp_path / "ledger.sqlite")
+    try:
+        big = bytes(range(256)) * (SNAPSHOT_PART_BYTES * 5 // 2 // 256)  # 2.5 parts
+        await storage.store_snapshot(10, big, keep=2)
+        await storage.store_snapshot(20, b"small", keep=2)
+        await storage.store_snapshot(30, big[::-1], keep=2)
+        assert await storage.snapshot_sizes() == [30, 20]
+        assert await storage.snapshot(30) == big[::-1]
+        assert await storage.snapshot(20) == b"small"
+        assert await storage.snapshot(10) is None
+        db = sqlite3.connect(storage.snapshot_path)
+        parts = db.execute("SELECT size, count(*) FROM snapshot_parts GROUP BY size").fetchall()
+        db.close()
+        assert parts == [(20, 1), (30, 3)]  # the dropped snapshot's parts went with it
     finally:
         await storage.close()

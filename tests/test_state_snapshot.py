@@ -286,5 +286,5 @@ def test_encoding_in_slices_gives_the_bytes_of_encoding_at_once(
             assert done.value == whole
             break
         pauses += 1
-    assert pauses == len(state.grants) + len(state.statuses) + len(state.map)
+    assert pauses > len(state.grants) + len(state.statuses) + len(state.map)  # a row a slice
     assert load_snapshot(whole).size == state.size
