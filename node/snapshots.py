@@ -6,6 +6,9 @@ caller reports a size once it is durable (one node) or published (a cluster memb
 and a capture is kept only if the state still holds exactly that many entries when it
 ends, so a cluster member's uncommitted tail never enters a snapshot.
 
+On Linux a forked child captures and encodes (node/snapshot_fork.py): the fork is the
+capture, and the loop only stores the bytes. Elsewhere:
+
 Capturing (shallow copies, the status map's leaves) must see the state hold still: on
 one node the sequencer awaits its commit, hence `after_commit`, while the capture runs
 in a thread and the event loop keeps serving reads. Encoding the capture and writing
@@ -19,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ledger.state import LedgerState
 from ledger.state_snapshot import Capture, capture, encode_steps
+from node.snapshot_fork import FORKS, ForkedSnapshot
 from node.storage import Storage
 
 log = logging.getLogger("consent_ledger.snapshots")
@@ -57,6 +61,12 @@ class Snapshotter:
         if not self._due(size) or state.size != size:
             return  # not yet, or the state is past what is committed: a later commit
         started = time.perf_counter()
+        if FORKS:
+            forked = ForkedSnapshot(state)  # the child holds the state as of now
+            self._last = size
+            self._writing = asyncio.create_task(self._store(
+                size, forked.data, time.perf_counter() - started), name="snapshot")
+            return
         try:
             captured = await asyncio.to_thread(capture, state)
         except (ValueError, RuntimeError):  # the state changed under the copy
@@ -66,28 +76,23 @@ class Snapshotter:
             log.debug("state moved during capture; snapshot deferred", extra={"size": size})
             return
         self._last = size
-        self._writing = asyncio.create_task(
-            self._write(captured, time.perf_counter() - started), name="snapshot")
+        self._writing = asyncio.create_task(self._store(
+            size, lambda: _encode_on_loop(captured), time.perf_counter() - started),
+            name="snapshot")
 
-    async def _write(self, captured: Capture, capture_seconds: float) -> None:
+    async def _store(self, size: int, encode: Callable[[], Awaitable[bytes]],
+                     capture_seconds: float) -> None:
         started = time.perf_counter()
         try:
-            steps = encode_steps(captured)
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as done:
-                    data = done.value
-                    break
-                await asyncio.sleep(0)  # the loop's other work between two slices
-            await self._storage.store_snapshot(captured.size, data, keep=KEEP)
+            data = await encode()
+            await self._storage.store_snapshot(size, data, keep=KEEP)
         except Exception as exc:  # the log is intact; the next snapshot is due sooner
             self._last = None
             log.warning("state snapshot not stored",
-                        extra={"size": captured.size, "error": f"{type(exc).__name__}: {exc}"})
+                        extra={"size": size, "error": f"{type(exc).__name__}: {exc}"})
             return
         log.info("state snapshot stored", extra={
-            "size": captured.size, "bytes": len(data),
+            "size": size, "bytes": len(data),
             "capture_ms": round(capture_seconds * 1000, 1),
             "write_ms": round((time.perf_counter() - started) * 1000, 1)})
 
@@ -95,3 +100,13 @@ class Snapshotter:
         """Wait for a snapshot being written (at shutdown, before storage closes)."""
         if self._writing is not None:
             await asyncio.gather(self._writing, return_exceptions=True)
+
+
+async def _encode_on_loop(captured: Capture) -> bytes:
+    steps = encode_steps(captured)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        await asyncio.sleep(0)  # the loop's other work between two slices
