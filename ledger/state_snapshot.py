@@ -29,9 +29,9 @@ refuses versions it does not know.
 Taking a snapshot has two steps so that a node can keep serving meanwhile: `capture`
 copies what may change (dict shallow copies, the map's leaf tuples, which are
 immutable) while the state holds still; `encode_capture` (or `encode_steps`, in slices)
-may then run while the state moves on. The few fields that mutate in place (a grant's revoked_at, a
-key's retired_at) are set once, to the index of the entry that set them, so a value at
-or past the captured size was set later and is encoded as absent.
+may then run while the state moves on. The few fields that mutate in place (a grant's
+revoked_at, a key's retired_at) are set once, to the index of the entry that set them,
+so a value at or past the captured size was set later and is encoded as absent.
 """
 
 from __future__ import annotations

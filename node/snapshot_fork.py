@@ -77,6 +77,11 @@ def _read_all(fd: int) -> bytes:
 def _encode_and_exit(state: LedgerState, write_fd: int) -> None:
     code = 1
     try:
+        # The parent's signal handlers write to its event loop's pipe, which the child
+        # shares: a signal meant for the child must not reach the parent's loop.
+        signal.set_wakeup_fd(-1)
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_DFL)
         gc.disable()
         data = encode_capture(capture(state))
         with open(write_fd, "wb", closefd=True) as pipe:
