@@ -43,8 +43,9 @@ class NodeConfig:
     # Large request bodies are decoded in a child process (node/decode_worker.py), on
     # another core than the event loop. A node on its own only; false: on the loop.
     decode_process: bool = True
-    # A state snapshot every this many committed entries, so that a restart replays only
-    # the entries after the newest one (0: never).
+    # A state snapshot every this many committed entries, or once the log grew by a
+    # quarter if that is more, so that a restart replays only the entries after the
+    # newest one (0: never).
     snapshot_every: int = 100_000
     log_level: str = "info"
 

@@ -5,6 +5,7 @@ never a wrong state; fsck replays everything and compares."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 import sqlite3
@@ -31,6 +32,7 @@ from ledger.tree import MerkleTree
 from node.config import ConfigError, load_config
 from node.local_commit import touched_tiles
 from node.recovery import recover
+from node.snapshots import due_after
 from node.storage import SNAPSHOT_PART_BYTES, Storage, StorageError
 
 EVERY = 100
@@ -409,3 +411,13 @@ async def test_a_snapshot_is_stored_in_parts_and_read_back_whole(tmp_path: Path)
         assert parts == [(20, 1), (30, 3)]  # the dropped snapshot's parts went with it
     finally:
         await storage.close()
+
+
+def test_snapshots_come_further_apart_as_the_log_grows() -> None:
+    sizes = [0]
+    while sizes[-1] < 10_000_000:
+        sizes.append(due_after(sizes[-1], 100_000))
+    assert sizes[:5] == [0, 100_000, 200_000, 300_000, 400_000]
+    assert sizes[5:7] == [500_000, 625_000]  # from 400,000 on, a quarter of the log
+    assert len(sizes) < 30  # not the hundred a fixed interval would take to ten million
+    assert all(b - a <= max(100_000, a // 4) for a, b in itertools.pairwise(sizes))
