@@ -1,11 +1,11 @@
 """Taking state snapshots while the node runs, so that a restart replays only a tail.
 
 Every `every` committed entries, or a quarter of the log if that is more (`due_after`),
-the node captures its state (ledger/state_snapshot.py)
-and stores it, keeping the newest two. Only a committed size is ever snapshotted: the
-caller reports a size once it is durable (one node) or published (a cluster member),
-and a capture is kept only if the state still holds exactly that many entries when it
-ends, so a cluster member's uncommitted tail never enters a snapshot.
+the node captures its state (ledger/state_snapshot.py) and stores it, keeping the newest
+two. Only a committed size is ever snapshotted: the caller reports a size once it is
+durable (one node) or published (a cluster member), and a capture is kept only if the
+state still holds exactly that many entries when it ends, so a cluster member's
+uncommitted tail never enters a snapshot.
 
 On Linux a forked child captures and encodes (node/snapshot_fork.py): the fork is the
 capture, and the loop only stores the bytes. Elsewhere:
