@@ -70,13 +70,12 @@ async def test_a_refused_body_is_left_to_the_loop_and_later_ones_still_decode(
     assert worker.alive
 
 
-async def test_closing_ends_the_child() -> None:
+async def test_closing_ends_the_child_after_it_answers_what_it_holds() -> None:
     worker = await DecodeWorker.start()
     body = msgpack_body(batch(30))
-    pending = asyncio.ensure_future(worker.decode(body, 1000))
-    await asyncio.sleep(0)  # the request is in the pipe before the pipe is closed
-    await worker.close()
-    same_envelopes(await pending, decode_body(body, max_items=1000))  # type: ignore[arg-type]
+    # gather starts decode first: its body is in the pipe before close() ends the pipe.
+    got, _ = await asyncio.gather(worker.decode(body, 1000), worker.close())
+    same_envelopes(got, decode_body(body, max_items=1000))  # type: ignore[arg-type]
     assert worker._process.returncode == 0
     assert await worker.decode(body, 1000) is None
 
