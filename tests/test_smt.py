@@ -242,6 +242,32 @@ def test_every_proof_of_every_small_map() -> None:
             verify_map_proof(m.root(), k, items.get(k), proof)
 
 
+def test_keys_across_and_within_the_dense_levels() -> None:
+    # The map keeps its top levels as arrays: keys sharing all of those bits, keys
+    # parting at the last of them or the first below, and keys whose way down passes
+    # through empty halves (an absent key in an empty bucket ends at another key's leaf).
+    def key(prefix: int, rest: int) -> bytes:
+        return prefix.to_bytes(2, "big") + rest.to_bytes(30, "big")
+
+    pool = [key(0, 0), key(0, 1), key(0, 1 << 239), key(1, 0), key(0x8000, 5),
+            key(0xFFFF, 0), key(0xFFFE, 2**240 - 1), key(0x7FFF, 3)]
+    absent = [key(0x4000, 0), key(0, 2), key(0xFFFF, 1), key(0x8001, 5), key(2, 0)]
+    for n in range(len(pool) + 1):
+        items = {k: value(i) for i, k in enumerate(pool[:n])}
+        batched, built = StatusMap(), StatusMap.from_sorted(
+            sorted(items), [items[k] for k in sorted(items)])
+        batched.set_many(items.items())
+        for m in (batched, built, build(items)):
+            assert m.root() == ref_root(items)
+            assert len(m) == len(items)
+            assert [leaf[1] for leaf in m.leaves()] == sorted(items)
+            for k in [*items, *absent]:
+                assert m.get(k) == items.get(k)
+                proof = m.prove(k)
+                assert proof == ref_proof(items, k)
+                verify_map_proof(m.root(), k, items.get(k), proof)
+
+
 # ---------------------------------------------------------------- properties
 
 
