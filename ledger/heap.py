@@ -10,6 +10,13 @@ Reference counting still frees everything acyclic at once; cycles (asyncio's
 exceptions and futures) are collected as before, only in larger, rarer sweeps. What a
 running node adds to its ledger leaves the scans too, every few thousand entries
 (`GrowingState`).
+
+Once the ledger is loaded and the node serves, the young generation shrinks to
+SERVING_YOUNG_GENERATION: under load nearly all it holds is new ledger state, each
+sweep finds almost no garbage, and a sweep of 50,000 objects held the event loop
+21–31 ms, against at most 10 ms for 10,000 (one node, 100,000 entries written: 17
+sweeps and 308 ms in all, against 126 and 433 ms). A request waits for a sweep; the
+extra 1.3 µs an event does not wait on anyone.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import gc
 
 YOUNG_GENERATION = 50_000  # CPython's default is 700
+SERVING_YOUNG_GENERATION = 10_000
 
 
 def tune_collector() -> None:
@@ -25,9 +33,11 @@ def tune_collector() -> None:
 
 
 def settle_loaded_state() -> None:
-    """After loading a ledger: collect once, then keep what survives out of later scans."""
+    """After loading a ledger: collect once, keep what survives out of later scans, and
+    sweep the young generation in shorter pauses from now on."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(SERVING_YOUNG_GENERATION, *gc.get_threshold()[1:])
 
 
 class GrowingState:

@@ -7,7 +7,13 @@ import sqlite3
 
 import pytest
 
-from ledger.heap import GrowingState
+from ledger.heap import (
+    SERVING_YOUNG_GENERATION,
+    YOUNG_GENERATION,
+    GrowingState,
+    settle_loaded_state,
+    tune_collector,
+)
 from node.storage import ROWS_PER_STATEMENT, insert_rows
 
 
@@ -20,6 +26,22 @@ def test_a_growing_ledger_leaves_the_collectors_scans_every_few_thousand_entries
     assert gc.get_freeze_count() > frozen
     assert not growing.grew_to(1_000 + GrowingState.FREEZE_EVERY + 1)
     gc.unfreeze()  # leave the test process as it was
+
+
+def test_a_loaded_ledger_is_frozen_and_the_node_then_sweeps_in_short_pauses() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold()[0] == YOUNG_GENERATION  # loading: rare, large sweeps
+        kept = [[i] for i in range(1_000)]  # state loaded, still referenced
+        frozen = gc.get_freeze_count()
+        settle_loaded_state()
+        assert gc.get_freeze_count() >= frozen + len(kept)
+        assert gc.get_threshold()[0] == SERVING_YOUNG_GENERATION
+        assert SERVING_YOUNG_GENERATION < YOUNG_GENERATION
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 @pytest.mark.parametrize("count", [0, 1, ROWS_PER_STATEMENT, 2 * ROWS_PER_STATEMENT + 3])
