@@ -22,6 +22,8 @@ from node.replica import Replica, restore_raft
 from node.replica_storage import ReplicaStorage
 from node.runtime import NodeRuntime, housekeeping_every, stop_sequencing
 from node.sequencer import Sequencer
+from node.snapshot_fork import FORKS
+from node.snapshots import Snapshotter
 from node.verifier import SignatureVerifier
 
 log = logging.getLogger("consent_ledger.node")
@@ -50,6 +52,7 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
     storage = await ReplicaStorage.open(config.db_path)
     verifier = SignatureVerifier(config.verify_threads)
     replica: Replica | None = None
+    snapshots: Snapshotter | None = None
     try:
         await storage.open_raft()
         stored = await storage.get_meta("origin")
@@ -102,10 +105,15 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
             guard=await load_guard(storage), storage=storage, tree=lambda: rt.tree,
             durable_size=lambda: holder[0].durable_size if holder else 0,
             log_verifier=log_verifier, on_checkpoint=on_checkpoint)
+        # A member's state moves on while it applies the leader's batches: only a forked
+        # child sees it hold still at one published size, so members take snapshots only
+        # where the node forks (Linux) and otherwise replay their log at a restart.
+        snapshots = Snapshotter(storage, lambda: rt.state, every=config.snapshot_every) \
+            if FORKS else None
         replica = Replica(rt=rt, cluster=cluster, member=member.id, node_key=node_key,
                           storage=storage, raft=raft, ends=ends, log_signer=signer,
                           log_verifier=log_verifier, cosigner=cosigner,
-                          published_size=published)
+                          published_size=published, snapshots=snapshots)
         holder.append(replica)
         rt.replica = replica
         await replica.start()
@@ -120,5 +128,7 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
     finally:
         if replica is not None:
             await replica.close()
+        if snapshots is not None:
+            await snapshots.close()  # a snapshot being written is finished, not lost
         verifier.close()
         await storage.close()

@@ -54,6 +54,7 @@ from node.peers import PeerLink
 from node.recovery import recover
 from node.replica_storage import RaftRow, ReplicaStorage, encode_batch
 from node.sequencer import UnavailableError
+from node.snapshots import Snapshotter
 
 if TYPE_CHECKING:
     from node.runtime import NodeRuntime
@@ -72,8 +73,9 @@ class Replica:
                  node_key: Ed25519PrivateKey, storage: ReplicaStorage, raft: RaftNode,
                  ends: dict[int, int], log_signer: Ed25519Signer,
                  log_verifier: Ed25519Verifier, cosigner: Cosigner,
-                 published_size: int) -> None:
+                 published_size: int, snapshots: Snapshotter | None = None) -> None:
         self._rt = rt
+        self._snapshots = snapshots
         self.cluster = cluster
         self.member = member
         self.raft = raft
@@ -522,6 +524,10 @@ class Replica:
                 waiter = self._waiters.pop(index)
                 if not waiter.done():
                     waiter.set_result(self._rt.sequencer.checkpoint)
+            if self._snapshots is not None:
+                # Published means committed, and on this member's disk: the snapshot is
+                # taken only if the state holds exactly these entries at this instant.
+                await self._snapshots.after_commit(size)
 
     async def _recosigner(self) -> None:
         """Re-cosign the latest checkpoint now and then: cosignature times show freshness."""

@@ -1,0 +1,108 @@
+"""Cluster members take state snapshots of what was published, and a member killed and
+restarted replays only the entries after its newest one, then catches up with the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from clusterproc import LocalCluster
+from factories import grant
+from nodeclient import now_ms, post, register_controller
+
+from client.verify_log import verify_log
+from ledger.signed import sign_batch
+from node.snapshot_fork import FORKS
+
+pytestmark = pytest.mark.skipif(not FORKS, reason="members snapshot only where nodes fork")
+
+EVERY = 40  # entries between snapshots, so that a few dozen events make several
+
+
+def snapshot_sizes(cluster: LocalCluster, member: str) -> list[int]:
+    path = cluster.members[member].data_dir / "ledger.snapshots.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path)
+    try:
+        return [r[0] for r in db.execute("SELECT size FROM snapshots ORDER BY size")]
+    except sqlite3.OperationalError:  # the member has not created the table yet
+        return []
+    finally:
+        db.close()
+
+
+def wait_for_snapshot(cluster: LocalCluster, member: str, above: int,
+                      timeout: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sizes = snapshot_sizes(cluster, member)
+        if sizes and sizes[-1] > above:
+            return sizes
+        time.sleep(0.02)  # polling a condition with a deadline
+    raise AssertionError(f"{member} stored no snapshot above {above}: "
+                         f"{snapshot_sizes(cluster, member)}")
+
+
+def recoveries(cluster: LocalCluster, member: str) -> list[dict[str, int]]:
+    lines = cluster.members[member].stderr().splitlines()
+    return [record for record in map(json.loads, (ln for ln in lines if ln.startswith("{")))
+            if record.get("msg") == "recovered the ledger"]
+
+
+async def write_batches(cluster: LocalCluster, member: str, count: int, first: int) -> int:
+    """`count` requests of 10 grants each, one after the other; the last checkpoint size."""
+    async with aiohttp.ClientSession() as s:
+        key = await register_controller(s, cluster.url(member), cluster.operator_key)
+        size = 0
+        for b in range(first, first + count):
+            t = now_ms()
+            events = [grant(subject=bytes([b, i]) * 16, consented_at=t, valid_until=t + 10**9)
+                      for i in range(10)]
+            status, body, _ = await post(s, cluster.url(member), sign_batch(events, key))
+            assert status == 200, body
+            size = int(body["checkpoint"].split("\n")[1])
+        return size
+
+
+def test_members_snapshot_what_was_published_and_restart_from_it(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "cluster")
+    for member in cluster.members:
+        with open(cluster.dir / f"{member}.toml", "a") as toml:
+            toml.write(f"snapshot_every = {EVERY}\n")
+    cluster.start()
+    try:
+        leader = cluster.wait_leader()
+        size = asyncio.run(write_batches(cluster, leader, 8, first=0))
+        follower = next(m for m in sorted(cluster.members) if m != leader)
+        # Every member snapshots sizes it published: committed, on its own disk.
+        for member in cluster.members:
+            sizes = wait_for_snapshot(cluster, member, above=0)
+            assert all(0 < s <= size for s in sizes), (member, sizes, size)
+        taken = wait_for_snapshot(cluster, follower, above=EVERY)
+
+        cluster.kill(follower)
+        size = asyncio.run(write_batches(cluster, leader, 4, first=8))
+        cluster.members[follower].start()
+        cluster.wait_published(follower, size)
+
+        first_start, recovered = recoveries(cluster, follower)
+        assert first_start["size"] == 0
+        newest = max(taken)
+        assert recovered["snapshot"] >= newest  # not a replay from genesis
+        assert recovered["replayed"] == recovered["size"] - recovered["snapshot"]
+        assert recovered["replayed"] < recovered["size"] - EVERY
+        # What it serves after catching up is the whole log, verified from genesis.
+        async def verified_size() -> int:
+            async with aiohttp.ClientSession() as s:
+                verified = await verify_log(s, cluster.url(follower), cluster.config.log_key)
+            return verified.checkpoint.size
+
+        assert asyncio.run(verified_size()) >= size
+    finally:
+        cluster.stop_all()
