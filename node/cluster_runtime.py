@@ -108,8 +108,12 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
         # A member's state moves on while it applies the leader's batches: only a forked
         # child sees it hold still at one published size, so members take snapshots only
         # where the node forks (Linux) and otherwise replay their log at a restart.
-        snapshots = Snapshotter(storage, lambda: rt.state, every=config.snapshot_every) \
-            if FORKS else None
+        # Each member's first snapshot comes at its own size: one at a time, not all.
+        position = [m.id for m in cluster.members].index(member.id)
+        snapshots = Snapshotter(
+            storage, lambda: rt.state, every=config.snapshot_every,
+            offset=config.snapshot_every * position // len(cluster.members),
+            hold=lambda: bool(holder) and holder[0].is_leader) if FORKS else None
         replica = Replica(rt=rt, cluster=cluster, member=member.id, node_key=node_key,
                           storage=storage, raft=raft, ends=ends, log_signer=signer,
                           log_verifier=log_verifier, cosigner=cosigner,

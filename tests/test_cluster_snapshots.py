@@ -18,6 +18,7 @@ from nodeclient import now_ms, post, register_controller
 from client.verify_log import verify_log
 from ledger.signed import sign_batch
 from node.snapshot_fork import FORKS
+from node.snapshots import due_after
 
 pytestmark = pytest.mark.skipif(not FORKS, reason="members snapshot only where nodes fork")
 
@@ -78,16 +79,22 @@ def test_members_snapshot_what_was_published_and_restart_from_it(tmp_path: Path)
     cluster.start()
     try:
         leader = cluster.wait_leader()
-        size = asyncio.run(write_batches(cluster, leader, 8, first=0))
+        size = asyncio.run(write_batches(cluster, leader, 12, first=0))
         follower = next(m for m in sorted(cluster.members) if m != leader)
-        # Every member snapshots sizes it published: committed, on its own disk.
-        for member in cluster.members:
+        # Every member snapshots sizes it published: committed, on its own disk; each
+        # at its own first size (n1 at 40, n2 at 53, n3 at 66 or later), not all at once;
+        # the leader, on whom every write waits, one interval later than that.
+        for position, member in enumerate(sorted(cluster.members)):
             sizes = wait_for_snapshot(cluster, member, above=0)
             assert all(0 < s <= size for s in sizes), (member, sizes, size)
+            first = due_after(0, EVERY, EVERY * position // 3)
+            if member == leader:
+                first = due_after(first, EVERY)
+            assert sizes[0] >= first, (member, leader, sizes)
         taken = wait_for_snapshot(cluster, follower, above=EVERY)
 
         cluster.kill(follower)
-        size = asyncio.run(write_batches(cluster, leader, 4, first=8))
+        size = asyncio.run(write_batches(cluster, leader, 4, first=12))
         cluster.members[follower].start()
         cluster.wait_published(follower, size)
 

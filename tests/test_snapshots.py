@@ -427,6 +427,14 @@ def test_snapshots_come_further_apart_as_the_log_grows() -> None:
     assert all(b - a <= max(100_000, a // 4) for a, b in itertools.pairwise(sizes))
 
 
+def test_an_offset_delays_only_the_first_snapshot() -> None:
+    # Cluster members each get their own offset, so they snapshot one at a time.
+    assert [due_after(0, 100_000, offset) for offset in (0, 33_333, 66_666)] == \
+        [100_000, 133_333, 166_666]
+    assert due_after(133_333, 100_000, 33_333) == 233_333
+    assert due_after(500_000, 100_000, 66_666) == 625_000
+
+
 @pytest.mark.parametrize("forked", [False, *([True] if FORKS else [])])
 async def test_a_snapshot_taken_as_a_node_runs_holds_the_state_at_its_commit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: bool) -> None:
