@@ -120,9 +120,9 @@ def encode_steps(cap: Capture) -> Generator[None, None, bytes]:
     """encode_capture in slices: it pauses (yields) every ROWS_PER_STEP rows, then
     returns the bytes.
 
-    A node encodes on its event loop, a slice between its other work. In a thread, the
-    encoding of 100,000 entries shared the GIL with the loop for about a second and a
-    half, and every request in that time went at half pace.
+    For a caller that must do other work between slices (an event loop: in a thread,
+    the encoding of 100,000 entries shared the GIL with the loop for about a second and a
+    half). Nodes now build snapshots in a process of their own (node/snapshot_builder.py).
     A msgpack array is its header followed by its items packed one by one, so packing
     the rows slice by slice gives the same bytes as packing them at once.
     """

@@ -22,7 +22,6 @@ from node.replica import Replica, restore_raft
 from node.replica_storage import ReplicaStorage
 from node.runtime import NodeRuntime, housekeeping_every, stop_sequencing
 from node.sequencer import Sequencer
-from node.snapshot_fork import FORKS
 from node.snapshots import Snapshotter
 from node.verifier import SignatureVerifier
 
@@ -105,15 +104,12 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
             guard=await load_guard(storage), storage=storage, tree=lambda: rt.tree,
             durable_size=lambda: holder[0].durable_size if holder else 0,
             log_verifier=log_verifier, on_checkpoint=on_checkpoint)
-        # A member's state moves on while it applies the leader's batches: only a forked
-        # child sees it hold still at one published size, so members take snapshots only
-        # where the node forks (Linux) and otherwise replay their log at a restart.
         # Each member's first snapshot comes at its own size: one at a time, not all.
         position = [m.id for m in cluster.members].index(member.id)
         snapshots = Snapshotter(
-            storage, lambda: rt.state, every=config.snapshot_every,
+            storage, every=config.snapshot_every,
             offset=config.snapshot_every * position // len(cluster.members),
-            hold=lambda: bool(holder) and holder[0].is_leader) if FORKS else None
+            hold=lambda: bool(holder) and holder[0].is_leader)
         replica = Replica(rt=rt, cluster=cluster, member=member.id, node_key=node_key,
                           storage=storage, raft=raft, ends=ends, log_signer=signer,
                           log_verifier=log_verifier, cosigner=cosigner,
@@ -133,6 +129,6 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
         if replica is not None:
             await replica.close()
         if snapshots is not None:
-            await snapshots.close()  # a snapshot being written is finished, not lost
+            await snapshots.close()  # a build in progress is stopped: a cache, not the log
         verifier.close()
         await storage.close()

@@ -525,9 +525,7 @@ class Replica:
                 if not waiter.done():
                     waiter.set_result(self._rt.sequencer.checkpoint)
             if self._snapshots is not None:
-                # Published means committed, and on this member's disk: the snapshot is
-                # taken only if the state holds exactly these entries at this instant.
-                await self._snapshots.after_commit(size)
+                await self._snapshots.after_commit(size)  # committed, on this member's disk
 
     async def _recosigner(self) -> None:
         """Re-cosign the latest checkpoint now and then: cosignature times show freshness."""

@@ -126,7 +126,7 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
         state, tree, checkpoint = await recover(storage, open_note)
         settle_loaded_state()
         metrics = Metrics(tree_size=tree.size)
-        snapshots = Snapshotter(storage, lambda: state, every=config.snapshot_every)
+        snapshots = Snapshotter(storage, every=config.snapshot_every)
         sequencer = Sequencer(
             state=state, tree=tree,
             commit=local_commit(storage, tree, origin, lambda cp: sign_checkpoint(cp, signer),
@@ -158,7 +158,7 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
                     await decoder.close()
         finally:
             await stop_sequencing(sequencer, task, wal_task, timeout=30)
-            await snapshots.close()  # a snapshot being written is finished, not lost
+            await snapshots.close()  # a build in progress is stopped: a cache, not the log
     finally:
         verifier.close()
         await storage.close()

@@ -1,38 +1,29 @@
 """Taking state snapshots while the node runs, so that a restart replays only a tail.
 
 Every `every` committed entries, or a quarter of the log if that is more (`due_after`),
-the node captures its state (ledger/state_snapshot.py) and stores it, keeping the newest
-two. Only a committed size is ever snapshotted: the caller reports a size once it is
-durable (one node) or published (a cluster member), and a capture is kept only if the
-state still holds exactly that many entries when it ends, so a cluster member's
-uncommitted tail never enters a snapshot.
-
-On Linux a forked child captures and encodes (node/snapshot_fork.py): the fork is the
-capture, and the loop only stores the bytes. Elsewhere:
-
-Capturing (shallow copies, the status map's leaves) must see the state hold still: on
-one node the sequencer awaits its commit, hence `after_commit`, while the capture runs
-in a thread and the event loop keeps serving reads. Encoding the capture and writing
-it happen in the background after that, while the state moves on: the encoding on the
-loop itself, a slice of rows at a time between its other work (in a thread it shared
-the GIL with the loop, which then went at half pace for a second or more).
+the node has a snapshot of its state built and stored, keeping the newest two. A
+process of its own builds it from the log on disk (node/snapshot_builder.py), at the
+lowest CPU priority: the node only starts it, and reads its one-line report. Only a
+committed size is ever snapshotted: the caller reports a size once it is durable (one
+node) or published (a cluster member). One build runs at a time; a size that fell due
+while one ran is built when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from ledger.state import LedgerState
-from ledger.state_snapshot import Capture, capture, encode_steps
-from node.snapshot_fork import FORKS, ForkedSnapshot
+from node.snapshot_builder import KEEP
 from node.storage import Storage
 
 log = logging.getLogger("consent_ledger.snapshots")
-
-KEEP = 2  # the newest, and one to fall back on if the newest is refused
 
 
 def due_after(last: int, every: int, offset: int = 0) -> int:
@@ -53,18 +44,18 @@ def due_after(last: int, every: int, offset: int = 0) -> int:
 
 
 class Snapshotter:
-    def __init__(self, storage: Storage, state: Callable[[], LedgerState], *,
-                 every: int, offset: int = 0,
+    def __init__(self, storage: Storage, *, every: int, offset: int = 0,
                  hold: Callable[[], bool] | None = None) -> None:
         self._storage = storage
-        self._state = state  # a cluster member replaces its state when it reloads
         self._every = every
         self._offset = offset  # see due_after
         # While hold() is true (a cluster's leader, every write waits on it), a due
         # snapshot waits too, for one more interval at most: followers take theirs.
         self._hold = hold
-        self._last: int | None = None  # size of the newest stored snapshot
-        self._writing: asyncio.Task[None] | None = None
+        self._last: int | None = None  # size of the newest stored (or tried) snapshot
+        self._committed = 0  # the newest committed size reported
+        self._building: asyncio.Task[None] | None = None
+        self._process: asyncio.subprocess.Process | None = None
 
     def _due(self, size: int) -> bool:
         if self._every == 0 or self._last is None:
@@ -72,69 +63,63 @@ class Snapshotter:
         due = due_after(self._last, self._every, self._offset)
         if self._hold is not None and self._hold():
             due = due_after(due, self._every)
-        return (size >= due
-                and (self._writing is None or self._writing.done()))
+        return size >= due
 
     async def after_commit(self, size: int) -> None:
-        """`size` entries are committed: capture the state if a snapshot is due.
-
-        Call it before the state moves past `size`; it returns once the capture is done.
-        """
+        """`size` entries are committed (and on disk): start a build if one is due."""
         if self._every == 0:
             return
+        self._committed = max(self._committed, size)
         if self._last is None:
             sizes = await self._storage.snapshot_sizes()
             self._last = sizes[0] if sizes else 0
-        state = self._state()
-        if not self._due(size) or state.size != size:
-            return  # not yet, or the state is past what is committed: a later commit
-        started = time.perf_counter()
-        if FORKS:
-            forked = ForkedSnapshot(state)  # the child holds the state as of now
-            self._last = size
-            self._writing = asyncio.create_task(self._store(
-                size, forked.data, time.perf_counter() - started), name="snapshot")
-            return
-        try:
-            captured = await asyncio.to_thread(capture, state)
-        except (ValueError, RuntimeError):  # the state changed under the copy
-            captured = None
-        if captured is None or state is not self._state() or state.size != size \
-                or captured.size != size:
-            log.debug("state moved during capture; snapshot deferred", extra={"size": size})
-            return
-        self._last = size
-        self._writing = asyncio.create_task(self._store(
-            size, lambda: _encode_on_loop(captured), time.perf_counter() - started),
-            name="snapshot")
+        if (self._building is None or self._building.done()) and self._due(self._committed):
+            self._start(self._committed)
 
-    async def _store(self, size: int, encode: Callable[[], Awaitable[bytes]],
-                     capture_seconds: float) -> None:
+    def _start(self, size: int) -> None:
+        # A failed build is not retried at once: the next is due an interval later.
+        self._last = size
+        self._building = asyncio.create_task(self._build(size), name="snapshot")
+
+    async def _build(self, size: int) -> None:
         started = time.perf_counter()
         try:
-            data = await encode()
-            await self._storage.store_snapshot(size, data, keep=KEEP)
-        except Exception as exc:  # the log is intact; the next snapshot is due sooner
-            self._last = None
-            log.warning("state snapshot not stored",
-                        extra={"size": size, "error": f"{type(exc).__name__}: {exc}"})
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "node.snapshot_builder", str(self._storage.path),
+                str(size), "--keep", str(KEEP), "--parent", str(os.getpid()),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT)
+            out, _ = await self._process.communicate()
+            code = self._process.returncode
+        except OSError as exc:
+            out, code = str(exc).encode(), -1
+        finally:
+            self._process = None
+        lines = out.decode("utf-8", "replace").strip().splitlines()
+        try:
+            report = json.loads(lines[-1]) if lines else {}
+        except ValueError:
+            report = {"error": lines[-1]}
+        if code != 0 or "error" in report:
+            log.warning("state snapshot not stored", extra={
+                "size": size, "exit_code": code,
+                "error": report.get("error", lines[-1] if lines else "no output")})
             return
         log.info("state snapshot stored", extra={
-            "size": size, "bytes": len(data),
-            "capture_ms": round(capture_seconds * 1000, 1),
-            "write_ms": round((time.perf_counter() - started) * 1000, 1)})
+            **report, "seconds": round(time.perf_counter() - started, 3)})
+        if self._due(self._committed):  # the log grew past the next one meanwhile
+            self._start(self._committed)
+
+    async def finished(self) -> None:
+        """Wait for the build in progress, if any, and any it started when it ended."""
+        while self._building is not None and not self._building.done():
+            await asyncio.gather(self._building, return_exceptions=True)
 
     async def close(self) -> None:
-        """Wait for a snapshot being written (at shutdown, before storage closes)."""
-        if self._writing is not None:
-            await asyncio.gather(self._writing, return_exceptions=True)
-
-
-async def _encode_on_loop(captured: Capture) -> bytes:
-    steps = encode_steps(captured)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
-        await asyncio.sleep(0)  # the loop's other work between two slices
+        """Stop a build in progress: a snapshot is a cache, and a build at the lowest
+        priority may take long; what it stored so far is dropped by the next one."""
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        if self._building is not None:
+            await asyncio.gather(self._building, return_exceptions=True)

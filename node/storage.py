@@ -124,6 +124,19 @@ class Storage:
                 raise StorageError(f"{path}: not a usable database ({exc})") from None
             raise
 
+    @classmethod
+    async def open_reader(cls, path: Path) -> Self:
+        """Another process's view of a node's database: its entries read-only, and its
+        snapshot database to write (node/snapshot_builder.py, that database's writer)."""
+        if not path.exists():
+            raise StorageError(f"{path}: no such database")
+        db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        return cls(db, path)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
     async def close(self) -> None:
         for other in (self._checkpointer, self._snapshots):
             if other is not None:

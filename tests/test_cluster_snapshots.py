@@ -10,17 +10,13 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 from clusterproc import LocalCluster
 from factories import grant
 from nodeclient import now_ms, post, register_controller
 
 from client.verify_log import verify_log
 from ledger.signed import sign_batch
-from node.snapshot_fork import FORKS
 from node.snapshots import due_after
-
-pytestmark = pytest.mark.skipif(not FORKS, reason="members snapshot only where nodes fork")
 
 EVERY = 40  # entries between snapshots, so that a few dozen events make several
 

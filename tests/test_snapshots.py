@@ -20,8 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant, revoke
 from nodeclient import now_ms, post, register_controller
 from nodeproc import NodeFailedToStart, NodeProcess
-from test_snapshot_fork import add_grants
-from test_snapshot_fork import ledger as fork_ledger
 
 from ledger import merkle
 from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
@@ -31,11 +29,9 @@ from ledger.signed import SignedEvent, log_authored, public_bytes, sign_batch, s
 from ledger.state import LedgerState
 from ledger.state_snapshot import snapshot_bytes
 from ledger.tree import MerkleTree
-from node import snapshots
 from node.config import ConfigError, load_config
 from node.local_commit import touched_tiles
 from node.recovery import recover
-from node.snapshot_fork import FORKS
 from node.snapshots import due_after
 from node.storage import SNAPSHOT_PART_BYTES, Storage, StorageError
 
@@ -433,22 +429,3 @@ def test_an_offset_delays_only_the_first_snapshot() -> None:
         [100_000, 133_333, 166_666]
     assert due_after(133_333, 100_000, 33_333) == 233_333
     assert due_after(500_000, 100_000, 66_666) == 625_000
-
-
-@pytest.mark.parametrize("forked", [False, *([True] if FORKS else [])])
-async def test_a_snapshot_taken_as_a_node_runs_holds_the_state_at_its_commit(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: bool) -> None:
-    """Both ways a node takes one: a forked child, or a capture encoded on the loop."""
-    monkeypatch.setattr(snapshots, "FORKS", forked)
-    state = fork_ledger(300)
-    expected, size = snapshot_bytes(state), state.size
-    storage = await Storage.open(tmp_path / "ledger.sqlite")
-    try:
-        taker = snapshots.Snapshotter(storage, lambda: state, every=100)
-        await taker.after_commit(size)
-        add_grants(state, 20, first=5_000)  # the state moves on while it is encoded
-        await taker.close()
-        assert await storage.snapshot_sizes() == [size]
-        assert await storage.snapshot(size) == expected
-    finally:
-        await storage.close()
