@@ -109,7 +109,7 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
         snapshots = Snapshotter(
             storage, every=config.snapshot_every,
             offset=config.snapshot_every * position // len(cluster.members),
-            hold=lambda: bool(holder) and holder[0].is_leader)
+            hold=lambda: bool(holder) and holder[0].is_leader, nice=config.snapshot_nice)
         replica = Replica(rt=rt, cluster=cluster, member=member.id, node_key=node_key,
                           storage=storage, raft=raft, ends=ends, log_signer=signer,
                           log_verifier=log_verifier, cosigner=cosigner,

@@ -47,6 +47,9 @@ class NodeConfig:
     # quarter if that is more, so that a restart replays only the entries after the
     # newest one (0: never).
     snapshot_every: int = 100_000
+    # The niceness the snapshot builder runs at (node/snapshot_builder.py): 19 takes only
+    # CPU the node leaves idle, so under full load a build waits; 0 competes with writes.
+    snapshot_nice: int = 19
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -60,6 +63,8 @@ class NodeConfig:
             raise ConfigError("max_skew_ms must not be negative")
         if self.snapshot_every < 0:
             raise ConfigError("snapshot_every must not be negative (0: no snapshots)")
+        if not 0 <= self.snapshot_nice <= 19:
+            raise ConfigError(f"snapshot_nice {self.snapshot_nice} is not in 0..19")
         if (self.cluster_file is None) != (self.member is None):
             raise ConfigError("a cluster member needs both cluster_file and member")
         if self.log_level not in ("debug", "info", "warning", "error"):

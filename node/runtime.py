@@ -126,7 +126,8 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
         state, tree, checkpoint = await recover(storage, open_note)
         settle_loaded_state()
         metrics = Metrics(tree_size=tree.size)
-        snapshots = Snapshotter(storage, every=config.snapshot_every)
+        snapshots = Snapshotter(storage, every=config.snapshot_every,
+                                nice=config.snapshot_nice)
         sequencer = Sequencer(
             state=state, tree=tree,
             commit=local_commit(storage, tree, origin, lambda cp: sign_checkpoint(cp, signer),

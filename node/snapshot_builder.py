@@ -9,7 +9,8 @@ entries after it up to SIZE (every admission rule, chain link and status root ch
 signatures aside, as they were checked before the entries were written and a restart
 checks the log again), encodes the state and stores it in the snapshot database
 (`DB` with the suffix .snapshots.sqlite), whose only writer it is. It runs at the lowest
-CPU priority, so it takes what the node leaves idle, and prints one JSON line.
+CPU priority unless told otherwise (--nice, the node's `snapshot_nice`), so it takes
+what the node leaves idle, and prints one JSON line.
 
 Why a process and not a fork of the node: a forked child shares the node's pages copy
 on write, and the node's event loop then pays a page fault for each page it touches
@@ -129,13 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("db", type=Path, help="the node's ledger database")
     parser.add_argument("size", type=int, help="a committed size to snapshot")
     parser.add_argument("--keep", type=int, default=KEEP, help="snapshots kept, newest first")
+    parser.add_argument("--nice", type=int, default=19, choices=range(20), metavar="0..19",
+                        help="CPU niceness (default 19: only what the node leaves idle)")
     parser.add_argument("--parent", type=int, help="stop if this process is no longer "
                         "the parent (the node that started the build)")
     args = parser.parse_args(argv)
     global _parent
     _parent = args.parent
     with contextlib.suppress(AttributeError, OSError):
-        os.nice(19)  # only what the node leaves idle
+        os.nice(args.nice)
     gc.disable()  # millions of new, acyclic objects, in a process that ends soon
     started = time.perf_counter()
     try:

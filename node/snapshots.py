@@ -45,9 +45,10 @@ def due_after(last: int, every: int, offset: int = 0) -> int:
 
 class Snapshotter:
     def __init__(self, storage: Storage, *, every: int, offset: int = 0,
-                 hold: Callable[[], bool] | None = None) -> None:
+                 hold: Callable[[], bool] | None = None, nice: int = 19) -> None:
         self._storage = storage
         self._every = every
+        self._nice = nice  # the builder's
         self._offset = offset  # see due_after
         # While hold() is true (a cluster's leader, every write waits on it), a due
         # snapshot waits too, for one more interval at most: followers take theirs.
@@ -87,6 +88,7 @@ class Snapshotter:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "node.snapshot_builder", str(self._storage.path),
                 str(size), "--keep", str(KEEP), "--parent", str(os.getpid()),
+                "--nice", str(self._nice),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT)
             out, _ = await self._process.communicate()

@@ -71,7 +71,9 @@ def test_members_snapshot_what_was_published_and_restart_from_it(tmp_path: Path)
     cluster = LocalCluster(tmp_path / "cluster")
     for member in cluster.members:
         with open(cluster.dir / f"{member}.toml", "a") as toml:
-            toml.write(f"snapshot_every = {EVERY}\n")
+            # Builds at full priority: at nice 19 they would wait on the suite's other
+            # worker.
+            toml.write(f"snapshot_every = {EVERY}\nsnapshot_nice = 0\n")
     cluster.start()
     try:
         leader = cluster.wait_leader()

@@ -184,7 +184,7 @@ async def test_a_node_starts_one_build_at_a_time_and_builds_what_fell_due_meanwh
         tmp_path: Path) -> None:
     log = await Log.open(tmp_path / "ledger.sqlite")
     try:
-        snapshots = Snapshotter(log.storage, every=50)
+        snapshots = Snapshotter(log.storage, every=50, nice=0)
         first = await log.grants(60, first=0)
         await snapshots.after_commit(first)
         second = await log.grants(60, first=100)

@@ -106,7 +106,8 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[NodeProcess, Any,
     """A stopped node that took snapshots while BATCHES batches were written to it."""
     base = tmp_path_factory.mktemp("snapshots")
     config = base / "node.toml"
-    config.write_text(f"snapshot_every = {EVERY}\n")
+    # Builds at full priority: at nice 19 they would wait on the suite's other worker.
+    config.write_text(f"snapshot_every = {EVERY}\nsnapshot_nice = 0\n")
     proc = NodeProcess(base / "data", "--origin", "test.example/snapshots",
                        "--config", str(config))
     proc.start()
@@ -329,6 +330,9 @@ def test_snapshot_every_must_not_be_negative(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="snapshot_every"):
         load_config(data_dir=tmp_path, snapshot_every=-1)
     assert load_config(data_dir=tmp_path, snapshot_every="0").snapshot_every == 0
+    with pytest.raises(ConfigError, match=r"snapshot_nice 20 is not in 0\.\.19"):
+        load_config(data_dir=tmp_path, snapshot_nice=20)
+    assert load_config(data_dir=tmp_path).snapshot_nice == 19
 
 
 async def test_a_snapshot_being_stored_never_holds_up_a_commit(tmp_path: Path) -> None:
