@@ -95,6 +95,12 @@ class Snapshotter:
             code = self._process.returncode
         except OSError as exc:
             out, code = str(exc).encode(), -1
+        except asyncio.CancelledError:  # the node stops: so does the build
+            if self._process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+                await self._process.wait()
+            raise
         finally:
             self._process = None
         lines = out.decode("utf-8", "replace").strip().splitlines()
@@ -120,8 +126,6 @@ class Snapshotter:
     async def close(self) -> None:
         """Stop a build in progress: a snapshot is a cache, and a build at the lowest
         priority may take long; what it stored so far is dropped by the next one."""
-        if self._process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
-        if self._building is not None:
+        if self._building is not None and not self._building.done():
+            self._building.cancel()
             await asyncio.gather(self._building, return_exceptions=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -196,5 +197,40 @@ async def test_a_node_starts_one_build_at_a_time_and_builds_what_fell_due_meanwh
         await snapshots.finished()
         assert await log.storage.snapshot_sizes() == [second, first]
         await snapshots.close()
+    finally:
+        await log.storage.close()
+
+
+def builders_running() -> list[int]:
+    """This process's children that are snapshot builders (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == os.getpid() and b"node.snapshot_builder" in command:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+async def test_closing_stops_a_build_in_progress(tmp_path: Path) -> None:
+    log = await Log.open(tmp_path / "ledger.sqlite")
+    try:
+        snapshots = Snapshotter(log.storage, every=50, nice=0)
+        size = await log.grants(60, first=0)
+        await snapshots.after_commit(size)
+        deadline = time.monotonic() + 30
+        while not builders_running():  # the build has started: the node stops now
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)  # polling /proc with a deadline
+        await snapshots.close()
+        assert builders_running() == []
+        await snapshots.finished()
+        assert await log.storage.snapshot_sizes() == []
     finally:
         await log.storage.close()
