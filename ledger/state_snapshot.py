@@ -26,20 +26,21 @@ status map is rebuilt from its sorted leaves in one pass and must hash to `map_r
 A later version adds fields at the end of `body` and bumps the version; a decoder
 refuses versions it does not know.
 
-Taking a snapshot has two steps so that a node can keep serving meanwhile: `capture`
-copies what may change (dict shallow copies, the map's leaf tuples, which are
-immutable) while the state holds still; `encode_capture` (or `encode_steps`, in slices)
-may then run while the state moves on. The few fields that mutate in place (a grant's
-revoked_at, a key's retired_at) are set once, to the index of the entry that set them,
-so a value at or past the captured size was set later and is encoded as absent.
+Taking a snapshot has two steps: `capture` copies what may change (dict shallow
+copies, the map's leaf tuples, which are immutable) while the state holds still;
+`encode_capture` may then run while the state moves on. The few fields that mutate in
+place (a grant's revoked_at, a key's retired_at) are set once, to the index of the
+entry that set them, so a value at or past the captured size was set later and is
+encoded as absent. Nodes build their snapshots in a process of their own
+(node/snapshot_builder.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Generator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
@@ -55,9 +56,6 @@ MAGIC = "consent-ledger state snapshot"
 VERSION = 1
 _BODY_FIELDS = 14
 _HASH = 32
-# Rows encoded between two pauses of encode_steps: 2,000 grants take about 4 ms.
-ROWS_PER_STEP = 2_000
-T = TypeVar("T")
 _sha256 = hashlib.sha256
 
 
@@ -108,24 +106,6 @@ def snapshot_bytes(state: LedgerState) -> bytes:
 
 def encode_capture(cap: Capture) -> bytes:
     """The snapshot bytes of a capture; safe while the captured state moves on."""
-    steps = encode_steps(cap)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
-
-
-def encode_steps(cap: Capture) -> Generator[None, None, bytes]:
-    """encode_capture in slices: it pauses (yields) every ROWS_PER_STEP rows, then
-    returns the bytes.
-
-    For a caller that must do other work between slices (an event loop: in a thread,
-    the encoding of 100,000 entries shared the GIL with the loop for about a second and a
-    half). Nodes now build snapshots in a process of their own (node/snapshot_builder.py).
-    A msgpack array is its header followed by its items packed one by one, so packing
-    the rows slice by slice gives the same bytes as packing them at once.
-    """
     size = cap.size
     if len(cap.ids) != size:
         raise ValueError(f"{len(cap.ids)} event ids for {size} entries")
@@ -144,42 +124,28 @@ def encode_steps(cap: Capture) -> Generator[None, None, bytes]:
                          k.public_key, k.registered_at, before(k.retired_at)]
                         for kid, k in cap.keys.items()])
     controllers = _pack_array([c.encode() for c in cap.controllers.values()])
-    grant_rows = yield from _rows(list(cap.grants.values()), lambda g: [
-        g.index, sid(g.controller), g.subject, [sid(p) for p in g.purposes], g.valid_until,
-        g.token_hash, before(g.revoked_at)])
+    grant_rows = _pack_array([
+        [g.index, sid(g.controller), g.subject, [sid(p) for p in g.purposes], g.valid_until,
+         g.token_hash, before(g.revoked_at)] for g in cap.grants.values()])
     grant_index = {gid: g.index for gid, g in cap.grants.items()}
-    yield
     try:
-        status_rows = yield from _rows(list(cap.statuses.items()), lambda item: [
-            sid(item[0][0]), item[0][1], sid(item[0][2]), item[1].index,
-            grant_index[item[1].grant], item[1].valid_until, item[1].withdrawn_by])
+        status_rows = _pack_array([
+            [sid(controller), subject, sid(purpose), status.index, grant_index[status.grant],
+             status.valid_until, status.withdrawn_by]
+            for (controller, subject, purpose), status in cap.statuses.items()])
     except KeyError as exc:
         raise ValueError(f"a status names grant {exc.args[0].hex()}, not in the state") \
             from None
-    leaf_parts = []
-    for start in range(0, len(cap.leaves), ROWS_PER_STEP):
-        leaf_parts.append(b"".join([leaf[1] + leaf[2]
-                                    for leaf in cap.leaves[start:start + ROWS_PER_STEP]]))
-        yield
-    leaves = _pack(b"".join(leaf_parts))
-    yield
-    body_parts = [
+    leaves = _pack(b"".join([leaf[1] + leaf[2] for leaf in cap.leaves]))
+    body = b"".join([
         _array_header(_BODY_FIELDS),
         *map(_pack, [size, cap.prev, cap.last_time, cap.origin, cap.operator_key_id,
                      cap.max_skew_ms, cap.map_root,
                      b"".join(cap.ids),  # insertion order is entry order: one id an entry
                      list(strings)]),
         keys, controllers, grant_rows, status_rows, leaves,
-    ]
-    yield
-    # The tail in steps too: tens of megabytes to hash, join and frame.
-    digest = _sha256()
-    for part in body_parts:
-        digest.update(part)
-        yield
-    body = b"".join(body_parts)
-    yield
-    return _pack([MAGIC, VERSION, digest.digest(), body])
+    ])
+    return _pack([MAGIC, VERSION, _sha256(body).digest(), body])
 
 
 def _pack(value: Any) -> bytes:
@@ -192,15 +158,6 @@ def _array_header(length: int) -> bytes:
 
 def _pack_array(rows: list[Any]) -> bytes:
     return _array_header(len(rows)) + b"".join(map(_pack, rows))
-
-
-def _rows(items: list[T], row: Callable[[T], Any]) -> Generator[None, None, bytes]:
-    """The msgpack array of row(item) for the items, pausing every ROWS_PER_STEP."""
-    parts = [_array_header(len(items))]
-    for start in range(0, len(items), ROWS_PER_STEP):
-        parts.extend(map(_pack, map(row, items[start:start + ROWS_PER_STEP])))
-        yield
-    return b"".join(parts)
 
 
 # ---------------------------------------------------------------- loading

@@ -13,7 +13,6 @@ from factories import DAY, T0, grant, revoke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import state_snapshot
 from ledger.commitment import subject_commitment, token_hash
 from ledger.errors import LedgerError, RejectedError
 from ledger.events import (
@@ -37,9 +36,6 @@ from ledger.state import LedgerState
 from ledger.state_snapshot import (
     MAGIC,
     SnapshotError,
-    capture,
-    encode_capture,
-    encode_steps,
     load_snapshot,
     map_from_sorted_leaves,
     snapshot_bytes,
@@ -267,24 +263,3 @@ def test_any_altered_body_is_loaded_or_refused_with_a_snapshot_error(
     except SnapshotError:
         return
     assert isinstance(state, LedgerState)
-
-
-def test_encoding_in_slices_gives_the_bytes_of_encoding_at_once(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    state, script = genesis_state(), Script()
-    for i in range(80):
-        script.run((i % 9, i % 5, i % 4, i % 6), state)
-    state.map_root()
-    whole = encode_capture(capture(state))
-    monkeypatch.setattr(state_snapshot, "ROWS_PER_STEP", 1)
-    steps = encode_steps(capture(state))
-    pauses = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            assert done.value == whole
-            break
-        pauses += 1
-    assert pauses > len(state.grants) + len(state.statuses) + len(state.map)  # a row a slice
-    assert load_snapshot(whole).size == state.size
