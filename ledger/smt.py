@@ -28,10 +28,9 @@ no deletion.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import operator
 from collections.abc import Iterable
-from itertools import pairwise
+from itertools import groupby, pairwise
 from typing import Any
 
 from ledger.codec import build_checked
@@ -49,8 +48,8 @@ from ledger.smt_proof import (
     verify_map_proof,
 )
 
-__all__ = ["EMPTY", "TOP_BITS", "MapProof", "MapProofError", "StatusMap", "leaf_hash",
-           "map_key", "node_hash", "verify_map_proof"]
+__all__ = ["EMPTY", "MapProof", "MapProofError", "StatusMap", "leaf_hash", "map_key",
+           "node_hash", "verify_map_proof"]
 
 TOP_BITS = 16  # dense levels: 2**17 slots in all, about 1 MiB per map
 _BUCKET_SHIFT = 256 - TOP_BITS
@@ -67,10 +66,6 @@ def _check(key: bytes, value_hash: bytes) -> None:
         raise ValueError(f"a map key must be {KEY_SIZE} bytes")
     if type(value_hash) is not bytes or len(value_hash) != HASH_SIZE:
         raise ValueError(f"a value hash must be {HASH_SIZE} bytes")
-
-
-def _bucket(key: bytes) -> int:
-    return key[0] << 8 | key[1]
 
 
 class StatusMap:
@@ -131,7 +126,7 @@ class StatusMap:
             raise ValueError(f"[{at + 1}]: keys are not in increasing order")
         subtrees, bottom = status_map._subtrees, status_map._levels[TOP_BITS]
         start = 0
-        for bucket, run in itertools.groupby(ints, key=lambda k: k >> _BUCKET_SHIFT):
+        for bucket, run in groupby(ints, key=lambda k: k >> _BUCKET_SHIFT):
             end = start + sum(1 for _ in run)
             subtree = _build_sorted(keys[start:end], value_hashes[start:end],
                                     ints[start:end])
@@ -143,10 +138,10 @@ class StatusMap:
         return status_map
 
     def get(self, key: bytes) -> bytes | None:
-        node = self._subtrees[_bucket(key)]
+        k = int.from_bytes(key, "big")
+        node = self._subtrees[k >> _BUCKET_SHIFT]
         if node is None:
             return None
-        k = int.from_bytes(key, "big")
         while node[0] >= 0:
             node = node[2] if k >> node[0] & 1 else node[1]
         return node[2] if node[1] == key else None
@@ -211,13 +206,13 @@ class StatusMap:
         rehashed. A new branching comes with hash None, the others keep their stale hash.
         """
         leaf = (-1, key, value_hash, _sha256(LEAF_TAG + key + value_hash).digest())
-        bucket = _bucket(key)
+        k = int.from_bytes(key, "big")
+        bucket = k >> _BUCKET_SHIFT
         node = self._subtrees[bucket]
         if node is None:
             self._subtrees[bucket] = leaf
             self._len += 1
             return []
-        k = int.from_bytes(key, "big")
         path: list[Node] = []
         append = path.append
         while node[0] >= 0:

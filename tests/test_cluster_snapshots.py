@@ -4,8 +4,6 @@ restarted replays only the entries after its newest one, then catches up with th
 from __future__ import annotations
 
 import asyncio
-import json
-import sqlite3
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import aiohttp
 from clusterproc import LocalCluster
 from factories import grant
 from nodeclient import now_ms, post, register_controller
+from test_snapshots import recoveries, snapshot_sizes
 
 from client.verify_log import verify_log
 from ledger.signed import sign_batch
@@ -21,35 +20,16 @@ from node.snapshots import due_after
 EVERY = 40  # entries between snapshots, so that a few dozen events make several
 
 
-def snapshot_sizes(cluster: LocalCluster, member: str) -> list[int]:
-    path = cluster.members[member].data_dir / "ledger.snapshots.sqlite"
-    if not path.exists():
-        return []
-    db = sqlite3.connect(path)
-    try:
-        return [r[0] for r in db.execute("SELECT size FROM snapshots ORDER BY size")]
-    except sqlite3.OperationalError:  # the member has not created the table yet
-        return []
-    finally:
-        db.close()
-
-
 def wait_for_snapshot(cluster: LocalCluster, member: str, above: int,
                       timeout: float = 30.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        sizes = snapshot_sizes(cluster, member)
-        if sizes and sizes[-1] > above:
+        sizes = snapshot_sizes(cluster.members[member])
+        if sizes and sizes[0] > above:
             return sizes
         time.sleep(0.02)  # polling a condition with a deadline
     raise AssertionError(f"{member} stored no snapshot above {above}: "
-                         f"{snapshot_sizes(cluster, member)}")
-
-
-def recoveries(cluster: LocalCluster, member: str) -> list[dict[str, int]]:
-    lines = cluster.members[member].stderr().splitlines()
-    return [record for record in map(json.loads, (ln for ln in lines if ln.startswith("{")))
-            if record.get("msg") == "recovered the ledger"]
+                         f"{snapshot_sizes(cluster.members[member])}")
 
 
 async def write_batches(cluster: LocalCluster, member: str, count: int, first: int) -> int:
@@ -88,7 +68,7 @@ def test_members_snapshot_what_was_published_and_restart_from_it(tmp_path: Path)
             first = due_after(0, EVERY, EVERY * position // 3)
             if member == leader:
                 first = due_after(first, EVERY)
-            assert sizes[0] >= first, (member, leader, sizes)
+            assert sizes[-1] >= first, (member, leader, sizes)
         taken = wait_for_snapshot(cluster, follower, above=EVERY)
 
         cluster.kill(follower)
@@ -96,7 +76,7 @@ def test_members_snapshot_what_was_published_and_restart_from_it(tmp_path: Path)
         cluster.members[follower].start()
         cluster.wait_published(follower, size)
 
-        first_start, recovered = recoveries(cluster, follower)
+        first_start, recovered = recoveries(cluster.members[follower])
         assert first_start["size"] == 0
         newest = max(taken)
         assert recovered["snapshot"] >= newest  # not a replay from genesis

@@ -48,9 +48,14 @@ def _db(proc: NodeProcess, file: str) -> sqlite3.Connection:
 
 
 def snapshot_sizes(proc: NodeProcess) -> list[int]:
+    """The sizes of the node's stored snapshots, largest first (none before its first)."""
+    if not (proc.data_dir / SNAPSHOTS).exists():
+        return []
     db = _db(proc, SNAPSHOTS)
     try:
         return [r[0] for r in db.execute("SELECT size FROM snapshots ORDER BY size DESC")]
+    except sqlite3.OperationalError:  # the node has not created the table yet
+        return []
     finally:
         db.close()
 
