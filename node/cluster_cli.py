@@ -19,6 +19,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -40,17 +41,44 @@ from node.config import ConfigError, load_config
 MEMBERSHIP_RETRY_S = 20.0
 HOSTS_PORT = 8441  # every member's port when each has its own host (init --hosts)
 LOOPBACK_PORT = 7101  # the first member's port when all share one host
+_FIRST_FREE_PORT = 20_000  # free_ports' lowest: above the well-known services' ports
 # A DNS name or IPv4 address, or an IPv6 address in brackets.
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
 def free_ports(n: int) -> list[int]:
-    """n ports that are free on loopback now (the OS picks them)."""
+    """n ports that are free on loopback now, below the OS's ephemeral range.
+
+    A port the OS picks for bind(0) comes from the range it also takes connections'
+    source ports from, so between `init` and a member's start any outgoing connection on
+    the machine could take it (seen in tests: "address already in use"). Ports below that
+    range are only ever taken by an explicit bind."""
+    low = _ephemeral_low()
+    chosen: list[int] = []
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for sock in socks:
+        candidates = range(_FIRST_FREE_PORT, low)
+        for port in random.sample(candidates, min(len(candidates), 512)):
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen.append(port)
+            if len(chosen) == n:
+                return chosen
+        for _ in range(n - len(chosen)):  # that range is full: the OS's choice, then
+            sock = stack.enter_context(socket.socket())
             sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
+            chosen.append(sock.getsockname()[1])
+    return chosen
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default; elsewhere the range starts higher still
+    return max(low, _FIRST_FREE_PORT + 1)
 
 
 def check_hosts(hosts: Sequence[str], *, members: int, nodes: int, spares: int) -> None:

@@ -1,14 +1,16 @@
 """`cluster init --hosts`: a cluster whose members each have their own host, and the
-one-line errors for hosts that cannot make one."""
+one-line errors for hosts that cannot make one; on one host, the free ports it picks."""
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from pathlib import Path
 
 import pytest
 from cliutil import ROOT, cli, one_line_error
 
+from node.cluster_cli import free_ports
 from node.cluster_config import load_cluster
 from node.config import load_config
 
@@ -83,3 +85,15 @@ def test_host_and_hosts_exclude_each_other(tmp_path: Path) -> None:
                  "--hosts", "h1,h2,h3")
     assert result.returncode == 2 and "not allowed with argument" in result.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_free_ports_are_distinct_bindable_and_never_a_connections_source_port() -> None:
+    ports = free_ports(6)
+    assert len(set(ports)) == 6
+    range_file = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if range_file.exists():  # Linux: outgoing connections take source ports from here
+        low = int(range_file.read_text().split()[0])
+        assert all(20_000 <= port < low for port in ports), ports
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
