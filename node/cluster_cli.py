@@ -139,6 +139,11 @@ def init_cluster(directory: Path, *, nodes: int, host: str, base_port: int,
     config = ClusterConfig(origin, format_verifier_key(origin, ALG_ED25519,
                                                        public_bytes(log_key)),
                            tuple(members))
+    # Members that share one host share its cores: there a decoding process per member
+    # costs more CPU (pickling) than it frees (bench/bench_cluster.py, BENCHMARKS.md).
+    shared_host = "" if hosts is not None else (
+        "# all members on one host: decode on each event loop, not in a process each\n"
+        "decode_process = false\n")
     for m, member_host in zip(members, member_hosts, strict=True):
         port = m.url.rsplit(":", 1)[1]
         (directory / f"{m.id}.toml").write_text(
@@ -146,7 +151,7 @@ def init_cluster(directory: Path, *, nodes: int, host: str, base_port: int,
             f'data_dir = "{m.id}"\nhost = "{member_host.strip("[]")}"\nport = {port}\n'
             f'member = "{m.id}"\n'
             f'cluster_file = "cluster.toml"\nlog_key_file = "keys/log.key"\n'
-            f'node_key_file = "keys/{m.id}.key"\nmax_skew_ms = {max_skew_ms}\n')
+            f'node_key_file = "keys/{m.id}.key"\nmax_skew_ms = {max_skew_ms}\n{shared_host}')
     (directory / "cluster.toml").write_text(format_cluster(config, "genesis.msgpack"))
     (directory / "policy.txt").write_text(config.policy_text())
     return config

@@ -16,6 +16,7 @@ from ledger.signed import public_bytes
 from node.cluster_config import load_cluster
 from node.config import ConfigError, NodeConfig
 from node.cosigning import Cosigner, load_guard
+from node.decode_worker import DecodeWorker
 from node.metrics import Metrics
 from node.recovery import recover
 from node.replica import Replica, restore_raft
@@ -52,6 +53,7 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
     verifier = SignatureVerifier(config.verify_threads)
     replica: Replica | None = None
     snapshots: Snapshotter | None = None
+    decoder: DecodeWorker | None = None
     try:
         await storage.open_raft()
         stored = await storage.get_meta("origin")
@@ -88,8 +90,11 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
         sequencer.committed_size = published
         operator = state.keys[state.operator_key_id].public_key \
             if state.operator_key_id is not None else b""
+        # The leader decodes request bodies in it, the followers the leader's batches.
+        decoder = await DecodeWorker.start(metrics.count_decoded) \
+            if config.decode_process else None
         rt = NodeRuntime(config, cluster.origin, log_vkey, operator, storage, state, tree,
-                         sequencer, verifier, metrics)
+                         sequencer, verifier, metrics, decoder=decoder)
 
         def on_checkpoint(cp: Checkpoint, note: bytes) -> None:
             if cp.size >= sequencer.committed_size:
@@ -128,6 +133,8 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
     finally:
         if replica is not None:
             await replica.close()
+        if decoder is not None:
+            await decoder.close()
         if snapshots is not None:
             await snapshots.close()  # a build in progress is stopped: a cache, not the log
         verifier.close()

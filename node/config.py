@@ -40,8 +40,9 @@ class NodeConfig:
     max_commit_entries: int = 4096
     max_skew_ms: int = 10 * 60 * 1000
     verify_threads: int = max(2, os.cpu_count() or 2)
-    # Large request bodies are decoded in a child process (node/decode_worker.py), on
-    # another core than the event loop. A node on its own only; false: on the loop.
+    # Large request bodies (and in a cluster, a leader's large batches) are decoded in a
+    # child process (node/decode_worker.py), on another core than the event loop; false:
+    # on the loop.
     decode_process: bool = True
     # A state snapshot every this many committed entries, or once the log grew by a
     # quarter if that is more, so that a restart replays only the entries after the

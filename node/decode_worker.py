@@ -1,11 +1,12 @@
-"""Request bodies decoded in a process of their own, so the event loop's core sequences.
+"""Request bodies and leaders' batches decoded in a process of their own.
 
 Strict decoding (canonical form, every field's rules, the event inside each envelope)
 is the largest single part of a node's event-loop time per event, while a node on its
 own leaves its second core nearly idle. So the node starts one child process (`python
 -m node.decode_worker`) and sends it the large bodies over a pipe; the child decodes
 each one exactly as the loop would and sends back the envelopes, pickled, which costs
-the loop about a quarter of decoding them.
+the loop about a quarter of decoding them. A cluster member sends it the batches a
+leader replicates too (the entries a follower re-checks before it stores them).
 
 - The loop reads the pipe itself: a thread in between would wait for the GIL behind the
   busy loop on every reply.
@@ -29,42 +30,51 @@ import pickle
 import signal
 import struct
 import sys
+from collections.abc import Callable
 from typing import BinaryIO
 
 from client.wire import decode_body
+from ledger.entry import LogEntry
 from ledger.errors import SignatureError
 from ledger.signed import SignedEvent
+from node.batch_payload import decode_batch
 
 log = logging.getLogger("consent_ledger.decode_worker")
 
 MIN_BODY = 16 * 1024  # smaller bodies decode on the loop sooner than a round trip takes
 _PIPE_SIZE = 1 << 20
 _READ_LIMIT = 8 << 20  # the loop's pipe reader would otherwise pause at 128 KiB buffered
-_REQUEST = struct.Struct(">II")  # body length, most envelopes allowed
+_REQUEST = struct.Struct(">IIB")  # body length, most envelopes allowed, what it holds
 _REPLY = struct.Struct(">IB")  # payload length, kind
 _DECODED, _REFUSED = 0, 1
+_BODY, _BATCH = 0, 1  # a POST /v1/events body; a Raft batch's payload
+_KINDS = {_BODY: "body", _BATCH: "batch"}
 
-Decoded = list[SignedEvent] | SignedEvent
+Decoded = list[SignedEvent] | SignedEvent | list[LogEntry]
 
 
 class DecodeWorker:
-    """One child process that decodes bodies in order."""
+    """One child process that decodes bodies and batches in order."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process,
+                 on_decoded: Callable[[str], None] = lambda kind: None) -> None:
         assert process.stdin is not None and process.stdout is not None
         self._process = process
+        self._on_decoded = on_decoded  # "body" or "batch", for /metrics
         self._requests = process.stdin
         self._replies = process.stdout
-        self._waiting: collections.deque[asyncio.Future[Decoded | None]] = collections.deque()
+        self._waiting: collections.deque[tuple[int, asyncio.Future[Decoded | None]]] = \
+            collections.deque()
         self._alive = True
         self._reader = asyncio.create_task(self._read_replies(), name="decode-worker")
 
     @classmethod
-    async def start(cls) -> DecodeWorker:
+    async def start(cls, on_decoded: Callable[[str], None] = lambda kind: None
+                    ) -> DecodeWorker:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "node.decode_worker", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, limit=_READ_LIMIT)
-        return cls(process)
+        return cls(process, on_decoded)
 
     @property
     def alive(self) -> bool:
@@ -74,13 +84,20 @@ class DecodeWorker:
     def pid(self) -> int:
         return self._process.pid
 
-    async def decode(self, body: bytes, max_items: int) -> Decoded | None:
+    async def decode(self, body: bytes, max_items: int) -> list[SignedEvent] | SignedEvent | None:
         """The body's envelopes, or None: the caller decodes it (refused, or no child)."""
+        return await self._ask(_BODY, body, max_items)  # type: ignore[return-value]
+
+    async def decode_batch(self, payload: bytes) -> list[LogEntry] | None:
+        """A Raft batch's entries, or None: the caller decodes it (refused, or no child)."""
+        return await self._ask(_BATCH, payload, 0)  # type: ignore[return-value]
+
+    async def _ask(self, kind: int, body: bytes, max_items: int) -> Decoded | None:
         if not self._alive:
             return None
         future: asyncio.Future[Decoded | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
-        self._requests.write(_REQUEST.pack(len(body), max_items))
+        self._waiting.append((kind, future))
+        self._requests.write(_REQUEST.pack(len(body), max_items, kind))
         self._requests.write(body)
         # If the child is gone, the reader answers every waiting body with None.
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -92,7 +109,9 @@ class DecodeWorker:
             while True:
                 length, kind = _REPLY.unpack(await self._replies.readexactly(_REPLY.size))
                 payload = await self._replies.readexactly(length)
-                future = self._waiting.popleft()
+                asked, future = self._waiting.popleft()
+                if kind == _DECODED:
+                    self._on_decoded(_KINDS[asked])
                 if not future.done():
                     future.set_result(pickle.loads(payload) if kind == _DECODED else None)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
@@ -103,7 +122,7 @@ class DecodeWorker:
         finally:
             self._alive = False
             while self._waiting:
-                future = self._waiting.popleft()
+                _, future = self._waiting.popleft()
                 if not future.done():
                     future.set_result(None)
 
@@ -124,14 +143,19 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
         header = requests.read(_REQUEST.size)
         if len(header) < _REQUEST.size:
             return  # the node closed the pipe, or died
-        length, max_items = _REQUEST.unpack(header)
+        length, max_items, kind = _REQUEST.unpack(header)
         body = requests.read(length)
         try:
-            decoded = decode_body(body, max_items=max_items)
-            for signed in decoded if isinstance(decoded, list) else [decoded]:
-                _ = signed.id, signed.encoded  # computed here, not on the loop
-                with contextlib.suppress(SignatureError):  # the loop finds it, and says so
-                    _ = signed.message
+            decoded: Decoded
+            if kind == _BATCH:
+                decoded = entries = decode_batch(body)
+                for entry in entries:
+                    _ = entry.leaf_hash  # computed here, not on the loop
+                    _precompute(entry.signed)
+            else:
+                decoded = envelopes = decode_body(body, max_items=max_items)
+                for signed in envelopes if isinstance(envelopes, list) else [envelopes]:
+                    _precompute(signed)
             payload = pickle.dumps(decoded, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # refused, whatever the reason: the loop decodes it and says why
             replies.write(_REPLY.pack(0, _REFUSED))
@@ -139,6 +163,12 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
             replies.write(_REPLY.pack(len(payload), _DECODED))
             replies.write(payload)
         replies.flush()
+
+
+def _precompute(signed: SignedEvent) -> None:
+    _ = signed.id, signed.encoded
+    with contextlib.suppress(SignatureError):  # the loop finds it, and says so
+        _ = signed.message
 
 
 def _widen_pipes() -> None:

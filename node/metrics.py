@@ -45,6 +45,7 @@ class Metrics:
     intake_bytes: int = 0
     tree_size: int = 0
     requests: dict[str, int] = dataclasses.field(default_factory=dict)
+    decoded_in_process: dict[str, int] = dataclasses.field(default_factory=dict)
     batch_sizes: _Histogram = dataclasses.field(default_factory=lambda: _Histogram(_BATCH_BUCKETS))
     commit_seconds: _Histogram = dataclasses.field(
         default_factory=lambda: _Histogram(_LATENCY_BUCKETS))
@@ -63,6 +64,9 @@ class Metrics:
     def count_request(self, status: int) -> None:
         key = f"{status // 100}xx"
         self.requests[key] = self.requests.get(key, 0) + 1
+
+    def count_decoded(self, kind: str) -> None:
+        self.decoded_in_process[kind] = self.decoded_in_process.get(kind, 0) + 1
 
     def render(self) -> str:
         lines = [
@@ -90,6 +94,11 @@ class Metrics:
         ]
         lines += [f'consent_ledger_http_responses_total{{class="{k}"}} {v}'
                   for k, v in sorted(self.requests.items())]
+        lines += ["# HELP consent_ledger_decoded_in_process_total Request bodies and "
+                  "leaders' batches decoded by the decoding process.",
+                  "# TYPE consent_ledger_decoded_in_process_total counter"]
+        lines += [f'consent_ledger_decoded_in_process_total{{kind="{k}"}} {v}'
+                  for k, v in sorted(self.decoded_in_process.items())]
         lines += self.batch_sizes.render("consent_ledger_commit_entries",
                                          "Entries per group commit.")
         lines += self.commit_seconds.render("consent_ledger_commit_seconds",

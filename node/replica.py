@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
-import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
@@ -38,6 +37,7 @@ from ledger.note import Ed25519Signer, Ed25519Verifier
 from ledger.raft.log import RaftLog
 from ledger.raft.membership import Membership
 from ledger.raft.messages import (
+    AppendEntries,
     Entry,
     EntryKind,
     HardState,
@@ -47,12 +47,14 @@ from ledger.raft.messages import (
 )
 from ledger.raft.node import MembershipChangeError, NotLeaderError, RaftNode
 from ledger.signed import SignedEvent
+from node.batch_payload import batch_entries, encode_batch
 from node.cluster_config import ClusterConfig
 from node.cosigning import Cosigner, CosignError
+from node.decode_worker import MIN_BODY as DECODE_ELSEWHERE
 from node.local_commit import touched_tiles
 from node.peers import PeerLink
 from node.recovery import recover
-from node.replica_storage import RaftRow, ReplicaStorage, encode_batch
+from node.replica_storage import RaftRow, ReplicaStorage
 from node.sequencer import UnavailableError
 from node.snapshots import Snapshotter
 
@@ -61,11 +63,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("consent_ledger.replica")
 
-MAX_BATCH_ENTRIES = 70_000  # a Raft batch is at most max_commit_entries + 1 ledger entries
 _PAYLOAD_CACHE = 512
 # A batch is checked in chunks of this many entries, with the event loop free in between:
 # heartbeats, cosign requests and forwarded writes do not wait for a whole batch.
 _CHUNK = 200
+_DECODING_AHEAD = 64  # batches decoding before the Ready loop reaches them, at most
 
 
 class Replica:
@@ -94,6 +96,9 @@ class Replica:
         self._waiters: dict[int, asyncio.Future[bytes]] = {}
         self._config_waiters: dict[int, asyncio.Future[bytes]] = {}
         self._payloads: dict[int, bytes] = {}
+        # A leader's batches being decoded by the decoding process, from their arrival:
+        # the Ready loop checks one batch while the next ones decode (Raft index → both).
+        self._decoding: dict[int, tuple[bytes, asyncio.Future[list[LogEntry] | None]]] = {}
         self._wake = asyncio.Event()
         self._publish = asyncio.Event()
         self._unstored: tuple[int, bytes] | None = None  # a follower's newest served checkpoint
@@ -173,6 +178,8 @@ class Replica:
         for m in messages:
             if m.src != src or m.dst != self.member:
                 continue  # an authenticated peer may only speak for itself
+            if isinstance(m, AppendEntries):
+                self._start_decoding(m.entries)
             self.raft.step(m)
         if self.raft.role == "leader":
             # The acknowledgement that completes a majority commits at once: the Ready
@@ -410,16 +417,8 @@ class Replica:
         """Check a leader's batch as an auditor would; its rows, or None to refuse it."""
         state, tree, verifier = self._rt.state, self._rt.tree, self._rt.verifier
         try:
-            raws = msgpack.unpackb(entry.data or b"", raw=False, max_bin_len=1 << 16,
-                                   max_array_len=MAX_BATCH_ENTRIES)
-            if not isinstance(raws, list) or not raws or not all(
-                    isinstance(r, bytes) for r in raws):
-                raise ValueError("a batch is a non-empty array of entries")
-            entries: list[LogEntry] = []
-            for chunk in range(0, len(raws), _CHUNK):
-                entries.extend(LogEntry.decode(r) for r in raws[chunk:chunk + _CHUNK])
-                await asyncio.sleep(0)  # let peers' messages and requests in between
-        except (ValueError, LedgerError, msgpack.ExtraData) as exc:
+            entries = await self._decode(entry)
+        except (ValueError, LedgerError) as exc:
             log.warning("refused a batch", extra={"raft_index": entry.index,
                                                   "error": str(exc)})
             return None
@@ -432,10 +431,10 @@ class Replica:
             return None
         rows = []
         try:
-            for i, (raw, e) in enumerate(zip(raws, entries, strict=True)):
+            for i, e in enumerate(entries):
                 state.replay(e, verify_signatures=i not in checked)
                 tree.append(e.leaf_hash)
-                rows.append((e.index, e.signed.id, e.leaf_hash, raw))
+                rows.append((e.index, e.signed.id, e.leaf_hash, e.encoded))
                 if i % _CHUNK == _CHUNK - 1:
                     await asyncio.sleep(0)
         except LedgerError as exc:
@@ -444,6 +443,34 @@ class Replica:
             self._dirty = True  # memory holds part of it
             return None
         return rows
+
+    def _start_decoding(self, entries: tuple[Entry, ...]) -> None:
+        decoder = self._rt.decoder
+        if decoder is None or not decoder.alive:
+            return
+        for e in entries:
+            if e.kind == EntryKind.BATCH and e.data is not None \
+                    and len(e.data) >= DECODE_ELSEWHERE and e.index not in self._decoding:
+                self._decoding[e.index] = (e.data, asyncio.ensure_future(
+                    decoder.decode_batch(e.data)))
+        while len(self._decoding) > _DECODING_AHEAD:  # a leader resending far ahead
+            del self._decoding[next(iter(self._decoding))]
+
+    async def _decode(self, entry: Entry) -> list[LogEntry]:
+        """A leader's batch decoded strictly: by the decoding process if it is large."""
+        payload = entry.data or b""
+        started = self._decoding.pop(entry.index, None)
+        # An index may have come again with other data (a new leader's): that decodes anew.
+        if started is not None and started[0] == payload:
+            decoded = await started[1]
+            if decoded is not None:
+                return decoded
+        raws = batch_entries(payload)  # refused, small, or no process: decoded here
+        entries: list[LogEntry] = []
+        for chunk in range(0, len(raws), _CHUNK):
+            entries.extend(LogEntry.decode(r) for r in raws[chunk:chunk + _CHUNK])
+            await asyncio.sleep(0)  # let peers' messages and requests in between
+        return entries
 
     async def _reload(self) -> None:
         """Rebuild the ledger in memory from what is durable (after a truncation)."""

@@ -14,8 +14,6 @@ import dataclasses
 import sqlite3
 from collections.abc import Sequence
 
-import msgpack
-
 from node.storage import Storage, StorageError, insert_rows
 
 _RAFT_SCHEMA = """
@@ -38,11 +36,6 @@ class RaftRow:
     first: int
     end: int
     data: bytes | None
-
-
-def encode_batch(entries: Sequence[bytes]) -> bytes:
-    """A Raft batch payload: the ledger entries' bytes, in order."""
-    return msgpack.packb(list(entries), use_bin_type=True)
 
 
 class ReplicaStorage(Storage):

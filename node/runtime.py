@@ -51,7 +51,7 @@ class NodeRuntime:
     verifier: SignatureVerifier
     metrics: Metrics
     replica: Replica | None = None  # set on a cluster member
-    decoder: DecodeWorker | None = None  # decodes large bodies off the loop (one node)
+    decoder: DecodeWorker | None = None  # decodes large bodies and batches off the loop
 
 
 RUNTIME = web.AppKey("runtime", NodeRuntime)
@@ -150,7 +150,8 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
                 log.info("created log", extra={"origin": origin})
             assert state.operator_key_id is not None  # genesis is entry 0
             operator_public = state.keys[state.operator_key_id].public_key
-            decoder = await DecodeWorker.start() if config.decode_process else None
+            decoder = await DecodeWorker.start(metrics.count_decoded) \
+                if config.decode_process else None
             try:
                 yield NodeRuntime(config, origin, log_vkey, operator_public, storage,
                                   state, tree, sequencer, verifier, metrics, decoder=decoder)

@@ -21,13 +21,14 @@ def get_json(url: str, timeout: float = 2.0) -> Any:
 
 
 class LocalCluster:
-    def __init__(self, directory: Path, nodes: int = 3, spares: int = 0) -> None:
+    def __init__(self, directory: Path, nodes: int = 3, spares: int = 0,
+                 env: dict[str, str] | None = None) -> None:
         self.dir = directory
         self.config: ClusterConfig = init_cluster(
             directory, nodes=nodes, host="127.0.0.1", base_port=0, origin=None, spares=spares)
         self.members = {m.id: NodeProcess(directory / m.id, "--config",
                                           str(directory / f"{m.id}.toml"),
-                                          "--port", m.url.rsplit(":", 1)[1])
+                                          "--port", m.url.rsplit(":", 1)[1], env=env)
                         for m in self.config.members}
 
     @property

@@ -24,9 +24,10 @@ class NodeProcess:
     # Every process started, so that a failing test cannot leave a node running.
     started: ClassVar[list[subprocess.Popen[bytes]]] = []
 
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.args = args
+        self.env = env or {}  # CONSENT_LEDGER_<SETTING> over the configuration file
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.stderr_path = data_dir.parent / f"{data_dir.name}.stderr.log"
@@ -39,7 +40,7 @@ class NodeProcess:
                 [sys.executable, "-m", "node.cli", "node", "--data", str(self.data_dir),
                  *port, *self.args],
                 stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         NodeProcess.started.append(self.proc)
         assert self.proc.stdout is not None

@@ -29,9 +29,20 @@ def test_each_member_gets_its_own_host_at_port_8441(tmp_path: Path) -> None:
     for k, host in enumerate(hosts, 1):
         member = load_config(file=directory / f"n{k}.toml")
         assert (member.host, member.port, member.member) == (host, 8441, f"n{k}")
+        assert member.decode_process  # a core of its own for decoding
         assert f"http://{host}:8441" in result.stdout
     # Clients find every member where the cluster file says it is.
     assert (directory / "policy.txt").read_text() == cluster.policy_text()
+
+
+def test_members_on_one_host_decode_on_their_loops(tmp_path: Path) -> None:
+    directory = tmp_path / "cluster"
+    result = cli("cluster", "init", "--nodes", "3", "--dir", str(directory))
+    assert result.returncode == 0, result.stderr
+    for k in (1, 2, 3):
+        member = load_config(file=directory / f"n{k}.toml")
+        assert (member.host, member.port) == ("127.0.0.1", 7100 + k)
+        assert not member.decode_process  # three processes more on the cores they share
 
 
 def test_base_port_is_every_members_port(tmp_path: Path) -> None:

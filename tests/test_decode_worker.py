@@ -19,7 +19,10 @@ from nodeclient import msgpack_body, now_ms, post, post_raw, register_controller
 from nodeproc import NodeProcess
 
 from client.wire import decode_body
+from ledger.entry import LogEntry
+from ledger.errors import LedgerError
 from ledger.signed import SignedEvent, sign_batch
+from node.batch_payload import decode_batch, encode_batch
 from node.decode_worker import MIN_BODY, DecodeWorker
 
 KEY = Ed25519PrivateKey.generate()
@@ -67,6 +70,41 @@ async def test_a_refused_body_is_left_to_the_loop_and_later_ones_still_decode(
     assert await worker.decode(b"\xc1" * MIN_BODY, 1000) is None
     assert await worker.decode(good, 10) is None  # more envelopes than allowed
     same_envelopes(await worker.decode(good, 1000), decode_body(good, max_items=1000))  # type: ignore[arg-type]
+    assert worker.alive
+
+
+def entries_of(envelopes: list[SignedEvent], first: int = 5) -> list[LogEntry]:
+    prev, out = bytes(32), []
+    for i, signed in enumerate(envelopes):
+        out.append(LogEntry(index=first + i, time=now_ms(), prev=prev, signed=signed))
+        prev = out[-1].leaf_hash
+    return out
+
+
+async def test_the_child_decodes_a_leaders_batch_as_a_follower_would(
+        worker: DecodeWorker) -> None:
+    payload = encode_batch([e.encode() for e in entries_of(batch(300))])
+    assert len(payload) >= MIN_BODY
+    got, want = await worker.decode_batch(payload), decode_batch(payload)
+    assert isinstance(got, list) and got == want
+    assert [e.leaf_hash for e in got] == [e.leaf_hash for e in want]
+    assert [e.encoded for e in got] == [e.encoded for e in want]
+    assert [e.signed.__dict__["message"] for e in got] == \
+        [e.signed.signed_message() for e in want]
+
+
+@pytest.mark.parametrize("payload", [
+    b"\xc1" * MIN_BODY,  # not msgpack
+    msgpack.packb([]),  # no entries
+    msgpack.packb(["an entry is bytes"] * 3000),
+    encode_batch([e.encode() for e in entries_of(batch(100))]) + b"\x00",  # bytes after it
+    encode_batch([b"\x80" * 200] * 200),  # entries that do not decode
+])
+async def test_a_batch_the_child_refuses_is_refused_by_the_loop_too(
+        worker: DecodeWorker, payload: bytes) -> None:
+    assert await worker.decode_batch(payload) is None
+    with pytest.raises((ValueError, LedgerError)):
+        decode_batch(payload)
     assert worker.alive
 
 
@@ -156,6 +194,9 @@ async def test_a_node_decodes_large_bodies_in_its_child_and_outlives_it(
             problems = {i: r["problem"]["type"] for i, r in enumerate(body["results"])
                         if "problem" in r}
             assert list(problems) == [100] and problems[100].endswith("/bad-signature")
+            async with session.get(node.url + "/metrics") as resp:  # the refused one: not
+                assert 'consent_ledger_decoded_in_process_total{kind="body"} 2\n' \
+                    in await resp.text()
 
             os.kill(child, signal.SIGKILL)
             status, body, _ = await post(session, node.url, batch(300, first=20_000, key=key))
