@@ -67,7 +67,7 @@ _PAYLOAD_CACHE = 512
 # A batch is checked in chunks of this many entries, with the event loop free in between:
 # heartbeats, cosign requests and forwarded writes do not wait for a whole batch.
 _CHUNK = 200
-_DECODING_AHEAD = 64  # batches decoding before the Ready loop reaches them, at most
+_DECODING_AHEAD = 16  # batches decoded before the Ready loop reaches them, at most
 
 
 class Replica:
@@ -449,17 +449,22 @@ class Replica:
         if decoder is None or not decoder.alive:
             return
         for e in entries:
+            if len(self._decoding) >= _DECODING_AHEAD:
+                return  # catching up: the rest decode on the loop, memory stays bounded
+            # An entry this member holds already is a resend: Raft drops it (or, from a
+            # new leader, replaces it, and then it decodes on the loop).
             if e.kind == EntryKind.BATCH and e.data is not None \
-                    and len(e.data) >= DECODE_ELSEWHERE and e.index not in self._decoding:
+                    and len(e.data) >= DECODE_ELSEWHERE and e.index > self.raft.last_index \
+                    and e.index not in self._decoding:
                 self._decoding[e.index] = (e.data, asyncio.ensure_future(
                     decoder.decode_batch(e.data)))
-        while len(self._decoding) > _DECODING_AHEAD:  # a leader resending far ahead
-            del self._decoding[next(iter(self._decoding))]
 
     async def _decode(self, entry: Entry) -> list[LogEntry]:
         """A leader's batch decoded strictly: by the decoding process if it is large."""
         payload = entry.data or b""
         started = self._decoding.pop(entry.index, None)
+        for index in [i for i in self._decoding if i < entry.index]:
+            del self._decoding[index]  # replaced by a later leader's before they were reached
         # An index may have come again with other data (a new leader's): that decodes anew.
         if started is not None and started[0] == payload:
             decoded = await started[1]
