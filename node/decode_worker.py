@@ -151,10 +151,11 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
                 decoded = entries = decode_batch(body)
                 for entry in entries:
                     _ = entry.leaf_hash  # computed here, not on the loop
-                    _precompute(entry.signed)
+                    _precompute(entry.signed)  # its own encoding is the entry's: not needed
             else:
                 decoded = envelopes = decode_body(body, max_items=max_items)
                 for signed in envelopes if isinstance(envelopes, list) else [envelopes]:
+                    _ = signed.encoded  # what the loop splices into the entry it makes
                     _precompute(signed)
             payload = pickle.dumps(decoded, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # refused, whatever the reason: the loop decodes it and says why
@@ -166,7 +167,7 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
 
 
 def _precompute(signed: SignedEvent) -> None:
-    _ = signed.id, signed.encoded
+    _ = signed.id
     with contextlib.suppress(SignatureError):  # the loop finds it, and says so
         _ = signed.message
 
