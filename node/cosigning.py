@@ -92,6 +92,7 @@ class Cosigner:
         text = note[:note.index(b"\n\n") + 1]
         async with self._lock:  # check, persist, sign: one at a time
             tree = self._tree()
+            before = self._guard.last_size, self._guard.last_root
             try:
                 self._guard.check(checkpoint.size, checkpoint.root,
                                   local_size=min(tree.size, self._durable_size()),
@@ -99,8 +100,9 @@ class Cosigner:
             except CosignRefused as exc:
                 raise CosignError(str(exc)) from None
             assert self._guard.last_root is not None
-            await self._storage.set_meta(GUARD_KEY, msgpack.packb(
-                [self._guard.last_size, self._guard.last_root]))
+            if (self._guard.last_size, self._guard.last_root) != before:  # not a re-cosign
+                await self._storage.set_meta(GUARD_KEY, msgpack.packb(
+                    [self._guard.last_size, self._guard.last_root]))
         payload = self._signer.sign(text, int(time.time()))
         return Signature(self._signer.name, self._signer.key_id, payload)
 
