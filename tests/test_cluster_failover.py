@@ -30,8 +30,8 @@ FAILOVER_LIMIT_S = 10.0
 @pytest.fixture(params=["false", "true"], ids=["decoding on the loop", "decoding process"])
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     # As `cluster init` sets members up on one host, and as on hosts of their own, where
-    # followers decode a leader's batches in a process as they arrive: a new leader's
-    # batch at an index the old one had sent must be decoded anew, not taken from there.
+    # followers decode a leader's batches in a process as they arrive: after a leader's
+    # kill a new leader may send other batches at indexes the old one had sent.
     c = LocalCluster(tmp_path / "cluster",
                      env={"CONSENT_LEDGER_DECODE_PROCESS": request.param})
     c.start()
