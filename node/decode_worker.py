@@ -88,21 +88,29 @@ class DecodeWorker:
         """The body's envelopes, or None: the caller decodes it (refused, or no child)."""
         return await self._ask(_BODY, body, max_items)  # type: ignore[return-value]
 
-    async def decode_batch(self, payload: bytes) -> list[LogEntry] | None:
-        """A Raft batch's entries, or None: the caller decodes it (refused, or no child)."""
-        return await self._ask(_BATCH, payload, 0)  # type: ignore[return-value]
+    def submit_batch(self, payload: bytes) -> asyncio.Future[list[LogEntry] | None]:
+        """A Raft batch's entries to come, or None: the caller decodes it (refused, or no
+        child). Sent at once, without waiting for room in the pipe: the caller bounds how
+        many batches it has in flight."""
+        return self._send(_BATCH, payload, 0)  # type: ignore[return-value]
 
     async def _ask(self, kind: int, body: bytes, max_items: int) -> Decoded | None:
-        if not self._alive:
-            return None
+        future = self._send(kind, body, max_items)
+        if not future.done():
+            # If the child is gone, the reader answers every waiting body with None.
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._requests.drain()
+        return await future
+
+    def _send(self, kind: int, body: bytes, max_items: int) -> asyncio.Future[Decoded | None]:
         future: asyncio.Future[Decoded | None] = asyncio.get_running_loop().create_future()
+        if not self._alive:
+            future.set_result(None)
+            return future
         self._waiting.append((kind, future))
         self._requests.write(_REQUEST.pack(len(body), max_items, kind))
         self._requests.write(body)
-        # If the child is gone, the reader answers every waiting body with None.
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self._requests.drain()
-        return await future
+        return future
 
     async def _read_replies(self) -> None:
         try:

@@ -456,8 +456,7 @@ class Replica:
             if e.kind == EntryKind.BATCH and e.data is not None \
                     and len(e.data) >= DECODE_ELSEWHERE and e.index > self.raft.last_index \
                     and e.index not in self._decoding:
-                self._decoding[e.index] = (e.data, asyncio.ensure_future(
-                    decoder.decode_batch(e.data)))
+                self._decoding[e.index] = (e.data, decoder.submit_batch(e.data))
 
     async def _decode(self, entry: Entry) -> list[LogEntry]:
         """A leader's batch decoded strictly: by the decoding process if it is large."""

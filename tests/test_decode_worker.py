@@ -85,7 +85,7 @@ async def test_the_child_decodes_a_leaders_batch_as_a_follower_would(
         worker: DecodeWorker) -> None:
     payload = encode_batch([e.encode() for e in entries_of(batch(300))])
     assert len(payload) >= MIN_BODY
-    got, want = await worker.decode_batch(payload), decode_batch(payload)
+    got, want = await worker.submit_batch(payload), decode_batch(payload)
     assert isinstance(got, list) and got == want
     assert [e.leaf_hash for e in got] == [e.leaf_hash for e in want]
     assert [e.encoded for e in got] == [e.encoded for e in want]
@@ -102,7 +102,7 @@ async def test_the_child_decodes_a_leaders_batch_as_a_follower_would(
 ])
 async def test_a_batch_the_child_refuses_is_refused_by_the_loop_too(
         worker: DecodeWorker, payload: bytes) -> None:
-    assert await worker.decode_batch(payload) is None
+    assert await worker.submit_batch(payload) is None
     with pytest.raises((ValueError, LedgerError)):
         decode_batch(payload)
     assert worker.alive
@@ -125,6 +125,7 @@ async def test_a_killed_child_leaves_decoding_to_the_loop(
     os.kill(worker.pid, signal.SIGKILL)
     assert await worker.decode(msgpack_body(batch(30)), 1000) is None
     assert not worker.alive
+    assert await worker.submit_batch(encode_batch([b"\x80"] * 20_000)) is None
     assert any("decoding process stopped" in r.getMessage() for r in caplog.records)
     await worker.close()
 
