@@ -277,10 +277,13 @@ class LedgerState:
                 gid = signed.id
                 self.grants[gid] = GrantState(index, body.controller, body.subject,
                                               body.purposes, body.valid_until, body.token_hash)
+                # One status for every purpose of the grant: built and hashed once.
+                status = build_checked(PurposeStatus, index=index, grant=gid,
+                                       valid_until=body.valid_until, withdrawn_by=None)
+                value_hash = status.value_hash()
                 for purpose in body.purposes:
-                    self._set_status((body.controller, body.subject, purpose), build_checked(
-                        PurposeStatus, index=index, grant=gid, valid_until=body.valid_until,
-                        withdrawn_by=None))
+                    self._set_status((body.controller, body.subject, purpose), status,
+                                     value_hash)
             case Revoke():
                 self._apply_revoke(body, index)
         self.event_index[signed.id] = index
@@ -308,10 +311,11 @@ class LedgerState:
             self._set_status(key, dataclasses.replace(latest, index=index,
                                                       withdrawn_by=body.by))
 
-    def _set_status(self, key: tuple[str, bytes, str], status: PurposeStatus) -> None:
+    def _set_status(self, key: tuple[str, bytes, str], status: PurposeStatus,
+                    value_hash: bytes | None = None) -> None:
         self.statuses[key] = status
         # The map itself is updated in one pass per batch, when its root is asked for.
-        self._map_dirty[map_key(*key)] = status.value_hash()
+        self._map_dirty[map_key(*key)] = value_hash or status.value_hash()
 
     @property
     def map_pending(self) -> bool:
