@@ -191,10 +191,7 @@ def _share_equal_values(envelopes: list[SignedEvent]) -> None:
     seen: dict[object, object] = {}
 
     def share(value: object) -> object:
-        try:
-            return seen.setdefault(value, value)
-        except TypeError:  # unhashable: left as it is
-            return value
+        return seen.setdefault(value, value)
 
     for signed in envelopes:
         fields = signed.__dict__
@@ -205,7 +202,10 @@ def _share_equal_values(envelopes: list[SignedEvent]) -> None:
             object.__setattr__(signed.batch, "path", tuple(map(share, signed.batch.path)))
         body = signed.body.__dict__
         for name, value in body.items():
-            if isinstance(value, str | tuple):
+            # Only bytes, text and tuples of text: 1 == True would make (1,) and (True,)
+            # one value, and bytes never equal text.
+            if type(value) is str or (type(value) is tuple
+                                      and all(type(v) is str for v in value)):
                 body[name] = share(value)
 
 
