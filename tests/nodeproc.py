@@ -83,3 +83,39 @@ class NodeProcess:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout)
         return self.proc.returncode
+
+
+def children_of(pid: int, command: bytes | None = None) -> list[int]:
+    """The live (not zombie) children of `pid`, from /proc; with `command`, only those
+    whose command line holds it."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != pid or fields[0] == "Z":
+                continue
+            if command is not None and command not in Path(f"/proc/{entry}/cmdline").read_bytes():
+                continue
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        found.append(int(entry))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # polling another process's exit, not ordering our own steps
+    return True

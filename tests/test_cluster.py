@@ -17,7 +17,7 @@ import pytest
 from clusterproc import LocalCluster, get_json
 from factories import grant
 from nodeclient import msgpack_body, now_ms, post, register_controller
-from test_decode_worker import children_of, wait_gone
+from nodeproc import children_of, wait_gone
 
 from client.policy import parse_policy
 from client.verify_log import verify_log
@@ -120,8 +120,7 @@ def test_members_whose_decoding_process_died_check_batches_on_their_loop(
         cluster: LocalCluster) -> None:
     for process in cluster.members.values():
         assert process.proc is not None
-        (child,) = [c for c in children_of(process.proc.pid)
-                    if b"node.decode_worker" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        (child,) = children_of(process.proc.pid, b"node.decode_worker")
         os.kill(child, signal.SIGKILL)
         assert wait_gone(child)
     leader = cluster.wait_leader()

@@ -9,12 +9,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant
 from nodeclient import now_ms
+from nodeproc import children_of
 
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.events import ControllerRegister, Genesis, StatusRoot
@@ -73,68 +75,64 @@ class Log:
         return log
 
 
-async def test_the_state_at_the_size_asked_for_while_the_log_grows_on(tmp_path: Path) -> None:
+@pytest.fixture
+async def log(tmp_path: Path) -> AsyncIterator[Log]:
     log = await Log.open(tmp_path / "ledger.sqlite")
-    try:
-        for b in range(4):
-            size = await log.grants(30, first=100 * b)
-        await log.grants(30, first=900)  # past the size built: not in the snapshot
-        report = await build(log.storage.path, size)
-        assert report == {"size": size, "from": 0, "replayed": size, "refused": [],
-                          "bytes": len(log.at[size])}
-        assert await log.storage.snapshot_sizes() == [size]
-        assert await log.storage.snapshot(size) == log.at[size]
-
-        # The next one starts from it, and only the newest two are kept.
-        later = await log.grants(10, first=2000)
-        assert (await build(log.storage.path, later))["from"] == size
-        newest = await log.grants(10, first=3000)
-        assert (await build(log.storage.path, newest))["replayed"] == newest - later
-        assert await log.storage.snapshot_sizes() == [newest, later]
-        assert await log.storage.snapshot(newest) == log.at[newest]
-    finally:
-        await log.storage.close()
+    yield log
+    await log.storage.close()
 
 
-async def test_a_snapshot_that_disagrees_with_the_log_is_passed_over(tmp_path: Path) -> None:
-    log = await Log.open(tmp_path / "ledger.sqlite")
-    try:
-        first = await log.grants(20, first=0)
-        second = await log.grants(20, first=100)
-        # The state at `first`, filed as the state at `second`: it loads, but holds less.
-        await log.storage.store_snapshot(second, log.at[first], keep=3)
-        third = await log.grants(20, first=200)
-        report = await build(log.storage.path, third)
-        assert report["from"] == 0 and report["refused"] == [f"{second}: it holds {first} "
-                                                             "entries"]
-        assert await log.storage.snapshot(third) == log.at[third]
-        # The state of another log of the same size: the next entry's link to it breaks.
-        other = await Log.open(tmp_path / "other.sqlite")
-        for b in range(3):
-            assert await other.grants(20, first=5_000 + 100 * b) == (first, second, third)[b]
-        await other.storage.close()
-        await log.storage.store_snapshot(third, other.at[third], keep=3)
-        fourth = await log.grants(5, first=300)
-        report = await build(log.storage.path, fourth)
-        assert report["refused"][0].startswith(f"{third}: entry {third} does not replay")
-        assert await log.storage.snapshot(fourth) == log.at[fourth]
-    finally:
-        await log.storage.close()
+async def test_the_state_at_the_size_asked_for_while_the_log_grows_on(log: Log) -> None:
+    for b in range(4):
+        size = await log.grants(30, first=100 * b)
+    await log.grants(30, first=900)  # past the size built: not in the snapshot
+    report = await build(log.storage.path, size)
+    assert report == {"size": size, "from": 0, "replayed": size, "refused": [],
+                      "bytes": len(log.at[size])}
+    assert await log.storage.snapshot_sizes() == [size]
+    assert await log.storage.snapshot(size) == log.at[size]
+
+    # The next one starts from it, and only the newest two are kept.
+    later = await log.grants(10, first=2000)
+    assert (await build(log.storage.path, later))["from"] == size
+    newest = await log.grants(10, first=3000)
+    assert (await build(log.storage.path, newest))["replayed"] == newest - later
+    assert await log.storage.snapshot_sizes() == [newest, later]
+    assert await log.storage.snapshot(newest) == log.at[newest]
 
 
-async def test_sizes_that_cannot_be_built_are_refused(tmp_path: Path) -> None:
-    log = await Log.open(tmp_path / "ledger.sqlite")
-    try:
-        size = await log.grants(10, first=0)
-        with pytest.raises(BuildError, match=f"entry {size} is not on disk"):
-            await build(log.storage.path, size + 11)
-        with pytest.raises(BuildError, match="not the end of a batch"):
-            await build(log.storage.path, size - 3)
-        with pytest.raises(BuildError, match="a snapshot of 0 entries"):
-            await build(log.storage.path, 0)
-        assert await log.storage.snapshot_sizes() == []
-    finally:
-        await log.storage.close()
+async def test_a_snapshot_that_disagrees_with_the_log_is_passed_over(
+        log: Log, tmp_path: Path) -> None:
+    first = await log.grants(20, first=0)
+    second = await log.grants(20, first=100)
+    # The state at `first`, filed as the state at `second`: it loads, but holds less.
+    await log.storage.store_snapshot(second, log.at[first], keep=3)
+    third = await log.grants(20, first=200)
+    report = await build(log.storage.path, third)
+    assert report["from"] == 0 and report["refused"] == [f"{second}: it holds {first} "
+                                                         "entries"]
+    assert await log.storage.snapshot(third) == log.at[third]
+    # The state of another log of the same size: the next entry's link to it breaks.
+    other = await Log.open(tmp_path / "other.sqlite")
+    for b in range(3):
+        assert await other.grants(20, first=5_000 + 100 * b) == (first, second, third)[b]
+    await other.storage.close()
+    await log.storage.store_snapshot(third, other.at[third], keep=3)
+    fourth = await log.grants(5, first=300)
+    report = await build(log.storage.path, fourth)
+    assert report["refused"][0].startswith(f"{third}: entry {third} does not replay")
+    assert await log.storage.snapshot(fourth) == log.at[fourth]
+
+
+async def test_sizes_that_cannot_be_built_are_refused(log: Log) -> None:
+    size = await log.grants(10, first=0)
+    with pytest.raises(BuildError, match=f"entry {size} is not on disk"):
+        await build(log.storage.path, size + 11)
+    with pytest.raises(BuildError, match="not the end of a batch"):
+        await build(log.storage.path, size - 3)
+    with pytest.raises(BuildError, match="a snapshot of 0 entries"):
+        await build(log.storage.path, 0)
+    assert await log.storage.snapshot_sizes() == []
 
 
 def builder(*args: str) -> tuple[int, list[str]]:
@@ -143,13 +141,9 @@ def builder(*args: str) -> tuple[int, list[str]]:
     return done.returncode, (done.stdout + done.stderr).splitlines()
 
 
-async def test_the_process_reports_in_one_json_line(tmp_path: Path) -> None:
-    log = await Log.open(tmp_path / "ledger.sqlite")
-    try:
-        size = await log.grants(25, first=0)
-    finally:
-        await log.storage.close()
-    code, lines = await asyncio.to_thread(builder, str(tmp_path / "ledger.sqlite"), str(size))
+async def test_the_process_reports_in_one_json_line(log: Log, tmp_path: Path) -> None:
+    size = await log.grants(25, first=0)
+    code, lines = await asyncio.to_thread(builder, str(log.storage.path), str(size))
     assert code == 0 and len(lines) == 1
     assert json.loads(lines[0])["size"] == size
     code, lines = await asyncio.to_thread(builder, str(tmp_path / "nowhere.sqlite"), "5")
@@ -157,16 +151,13 @@ async def test_the_process_reports_in_one_json_line(tmp_path: Path) -> None:
     assert "no such database" in json.loads(lines[0])["error"]
 
 
-async def test_a_build_whose_node_is_gone_stops_and_stores_nothing(tmp_path: Path) -> None:
-    log = await Log.open(tmp_path / "ledger.sqlite")
-    try:
-        size = await log.grants(25, first=0)
-    finally:
-        await log.storage.close()
+async def test_a_build_whose_node_is_gone_stops_and_stores_nothing(
+        log: Log, tmp_path: Path) -> None:
+    size = await log.grants(25, first=0)
     # A stand-in for the node starts the build and dies at once, as under SIGKILL.
     report = tmp_path / "report.txt"
     node = (f"import os, subprocess, sys; subprocess.Popen([sys.executable, '-m', "
-            f"'node.snapshot_builder', {str(tmp_path / 'ledger.sqlite')!r}, '{size}', "
+            f"'node.snapshot_builder', {str(log.storage.path)!r}, '{size}', "
             f"'--parent', str(os.getpid())], stdout=open({str(report)!r}, 'w')); os._exit(0)")
     subprocess.run([sys.executable, "-c", node], cwd=ROOT, check=True, timeout=30)
     deadline = time.monotonic() + 30
@@ -174,63 +165,39 @@ async def test_a_build_whose_node_is_gone_stops_and_stores_nothing(tmp_path: Pat
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)  # polling the orphan's report file with a deadline
     assert "is gone" in json.loads(report.read_text())["error"]
-    storage = await Storage.open(tmp_path / "ledger.sqlite")
-    try:
-        assert await storage.snapshot_sizes() == []
-    finally:
-        await storage.close()
+    assert await log.storage.snapshot_sizes() == []
 
 
 async def test_a_node_starts_one_build_at_a_time_and_builds_what_fell_due_meanwhile(
-        tmp_path: Path) -> None:
-    log = await Log.open(tmp_path / "ledger.sqlite")
-    try:
-        snapshots = Snapshotter(log.storage, every=50, nice=0)
-        first = await log.grants(60, first=0)
-        await snapshots.after_commit(first)
-        second = await log.grants(60, first=100)
-        await snapshots.after_commit(second)  # due, but the first build is running
-        await snapshots.finished()
-        assert await log.storage.snapshot_sizes() == [second, first]
-        assert await log.storage.snapshot(second) == log.at[second]
-        await snapshots.after_commit(second + 10)  # not due: no build
-        await snapshots.finished()
-        assert await log.storage.snapshot_sizes() == [second, first]
-        await snapshots.close()
-    finally:
-        await log.storage.close()
+        log: Log) -> None:
+    snapshots = Snapshotter(log.storage, every=50, nice=0)
+    first = await log.grants(60, first=0)
+    await snapshots.after_commit(first)
+    second = await log.grants(60, first=100)
+    await snapshots.after_commit(second)  # due, but the first build is running
+    await snapshots.finished()
+    assert await log.storage.snapshot_sizes() == [second, first]
+    assert await log.storage.snapshot(second) == log.at[second]
+    await snapshots.after_commit(second + 10)  # not due: no build
+    await snapshots.finished()
+    assert await log.storage.snapshot_sizes() == [second, first]
+    await snapshots.close()
 
 
 def builders_running() -> list[int]:
-    """This process's children that are snapshot builders (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if ppid == os.getpid() and b"node.snapshot_builder" in command:
-            found.append(int(entry.name))
-    return found
+    return children_of(os.getpid(), b"node.snapshot_builder")
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-async def test_closing_stops_a_build_in_progress(tmp_path: Path) -> None:
-    log = await Log.open(tmp_path / "ledger.sqlite")
-    try:
-        snapshots = Snapshotter(log.storage, every=50, nice=0)
-        size = await log.grants(60, first=0)
-        await snapshots.after_commit(size)
-        deadline = time.monotonic() + 30
-        while not builders_running():  # the build has started: the node stops now
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)  # polling /proc with a deadline
-        await snapshots.close()
-        assert builders_running() == []
-        await snapshots.finished()
-        assert await log.storage.snapshot_sizes() == []
-    finally:
-        await log.storage.close()
+async def test_closing_stops_a_build_in_progress(log: Log) -> None:
+    snapshots = Snapshotter(log.storage, every=50, nice=0)
+    size = await log.grants(60, first=0)
+    await snapshots.after_commit(size)
+    deadline = time.monotonic() + 30
+    while not builders_running():  # the build has started: the node stops now
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)  # polling /proc with a deadline
+    await snapshots.close()
+    assert builders_running() == []
+    await snapshots.finished()
+    assert await log.storage.snapshot_sizes() == []
