@@ -7,7 +7,9 @@ persisted log, verifying entries: a payload starting with b"BAD" is invalid) and
 adversarial network (loss, duplication, reordering, delay, partitions), crashes nodes
 (a crash between ready() and advance() loses that Ready), restarts them from their
 disks, proposes to whoever leads, changes membership, hands leadership over and makes
-leaders propose invalid payloads. After every step it checks the safety invariants; at
+leaders propose invalid payloads. Nodes compact their logs at random committed points,
+so that lagging followers are sent snapshots (whose data is the chain root there, checked
+against the committed log when installed). After every step it checks the safety invariants; at
 the end it heals everything and checks that a leader emerges and a proposal commits on
 every member.
 
@@ -37,6 +39,7 @@ from ledger.raft import (
     NotLeaderError,
     RaftLog,
     RaftNode,
+    Snapshot,
     VoteReply,
 )
 from ledger.raft.cosigning import CosignGuard, CosignRefused
@@ -55,9 +58,28 @@ class Disk:
     """What survives a crash."""
 
     hard_state: HardState = field(default_factory=lambda: HardState(0, None))
-    log: list[Entry] = field(default_factory=list)  # index i at log[i - 1], data present
+    snapshot: Snapshot | None = None
+    log: list[Entry] = field(default_factory=list)  # after the snapshot, data present
     cosigned_size: int = 0
     cosigned_root: bytes | None = None
+
+    @property
+    def base(self) -> int:
+        return self.snapshot.index if self.snapshot is not None else 0
+
+    @property
+    def last(self) -> int:
+        return self.base + len(self.log)
+
+    def term_at(self, index: int) -> int | None:
+        if index == self.base:
+            return self.snapshot.term if self.snapshot is not None else 0
+        entry = self.entry(index)
+        return None if entry is None else entry.term
+
+    def entry(self, index: int) -> Entry | None:
+        k = index - self.base - 1
+        return self.log[k] if 0 <= k < len(self.log) else None
 
 
 class SimNode:
@@ -73,11 +95,13 @@ class SimNode:
     def start(self) -> None:
         disk = self.disk
         log = RaftLog.restore(((e.index, e.term) for e in disk.log),
-                              (e for e in disk.log if e.kind is EntryKind.CONFIG))
+                              (e for e in disk.log if e.kind is EntryKind.CONFIG),
+                              snapshot=disk.snapshot)
         self.core = RaftNode(self.id, membership=self.sim.initial, hard_state=disk.hard_state,
                              log=log, rng=self.sim.rng, election_ticks=(10, 20),
                              heartbeat_ticks=2, max_entries_per_append=self.sim.max_entries)
-        self.chain = [GENESIS_ROOT]  # re-applied from the start as commits are learnt
+        # The state machine: the snapshot's state, then re-applied as commits are learnt.
+        self.chain = self.sim.snapshot_chain(self, disk.snapshot)
         self.guard = CosignGuard(disk.cosigned_size, disk.cosigned_root)
 
     @property
@@ -90,7 +114,8 @@ class SimNode:
 
 class Simulation:
     def __init__(self, seed: int, *, nodes: int = 3, steps: int = 300, faults: bool = True,
-                 trace_len: int = 60, max_entries: int | None = None) -> None:
+                 trace_len: int = 60, max_entries: int | None = None,
+                 compaction: bool = True) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         # Small batches let a new leader bring a follower up to date one old-term entry
@@ -98,6 +123,8 @@ class Simulation:
         self.max_entries = max_entries or self.rng.choice((1, 2, 8))
         self.steps = steps
         self.faults = faults
+        self.compaction = compaction
+        self.canonical: list[bytes] = [GENESIS_ROOT]
         ids = [f"n{i}" for i in range(1, nodes + 2)]  # one spare to add later
         self.initial = Membership(frozenset(ids[:nodes]))
         self.min_voters = 3
@@ -115,12 +142,12 @@ class Simulation:
         self.leaders: dict[int, str] = {}  # term -> leader
         self.committed: dict[int, tuple[int, bytes]] = {}  # index -> (term, data)
         self.commit_term: dict[int, int] = {}  # index -> a term by which it was committed
-        self.canonical: list[bytes] = [GENESIS_ROOT]
         self.entries_seen: dict[tuple[int, int], tuple[EntryKind, bytes]] = {}
         self.proposed: dict[tuple[str, int, int], Entry] = {}  # (leader, index, term)
         self.acked: dict[int, bytes] = {}
         self.counts = {"elections": 0, "commits": 0, "faults": 0, "proposals": 0,
-                       "cosigned": 0, "refused": 0, "config_changes": 0, "transfers": 0}
+                       "cosigned": 0, "refused": 0, "config_changes": 0, "transfers": 0,
+                       "compactions": 0, "snapshots_installed": 0}
 
     # ------------------------------------------------------------ driving
 
@@ -217,14 +244,22 @@ class Simulation:
             disk = node.disk
             if ready.hard_state is not None:
                 disk.hard_state = ready.hard_state
+            if ready.snapshot is not None:
+                snap = ready.snapshot
+                node.chain = self.snapshot_chain(node, snap)
+                disk.snapshot, disk.log = snap, []
+                self.counts["snapshots_installed"] += 1
+                self.log(f"{node.id} installs a snapshot at {snap.index}")
             if ready.truncate_after is not None:
                 if ready.truncate_after < self.applied(node):
                     self.fail(f"{node.id} truncates committed entries after "
                               f"{ready.truncate_after}")
-                del disk.log[ready.truncate_after:]
+                if ready.truncate_after < disk.base:
+                    self.fail(f"{node.id} truncates into its snapshot")
+                del disk.log[ready.truncate_after - disk.base:]
             refused_from = None
             for entry in ready.entries:
-                if entry.index != len(disk.log) + 1 or entry.data is None:
+                if entry.index != disk.last + 1 or entry.data is None:
                     self.fail(f"{node.id} persists entry {entry.index} out of order or bare")
                 if (entry.kind is EntryKind.BATCH and entry.data.startswith(b"BAD")
                         and (node.id, entry.index, entry.term) not in self.proposed):
@@ -242,6 +277,33 @@ class Simulation:
                 self.check_durable_promise(node, msg)
                 self.send(self.with_data(node, msg, ()), faults=self.faults_on)
             core.advance(ready, refused_from=refused_from)
+            if self.compaction and self.rng.random() < 0.05:
+                self.compact(node)
+
+    def compact(self, node: SimNode) -> None:
+        """As an I/O layer whose state machine holds the applied entries: forget a
+        random applied prefix of the log."""
+        core = node.core
+        assert core is not None
+        lo, hi = core.log.first_index, self.applied(node)
+        if lo > hi:
+            return
+        index = self.rng.randint(lo, hi)
+        snap = core.compact(index, node.chain[index])
+        disk = node.disk
+        del disk.log[:index - disk.base]
+        disk.snapshot = snap
+        self.counts["compactions"] += 1
+
+    def snapshot_chain(self, node: SimNode, snap: Snapshot | None) -> list[bytes]:
+        """The state a snapshot stands for, as a real I/O layer would fetch it and check
+        it against its data: here the committed chain, which must end at that root."""
+        if snap is None:
+            return [GENESIS_ROOT]
+        if snap.index >= len(self.canonical) or self.canonical[snap.index] != snap.data:
+            self.fail(f"{node.id} takes a snapshot at {snap.index} that is not the "
+                      "committed log")
+        return self.canonical[:snap.index + 1]
 
     def with_data(self, node: SimNode, msg: Message, unwritten: tuple[Entry, ...]) -> Message:
         """The message with its entries' payloads: from disk, or from the Ready being
@@ -258,7 +320,7 @@ class Simulation:
     def attach(self, node: SimNode, entry: Entry) -> Entry:
         if entry.data is not None:
             return entry
-        stored = node.disk.log[entry.index - 1] if entry.index <= len(node.disk.log) else None
+        stored = node.disk.entry(entry.index)
         if stored is None or stored.term != entry.term or stored.data is None:
             self.fail(f"{node.id} sends entry {entry.index} it has not persisted")
         assert stored is not None and stored.data is not None
@@ -267,9 +329,15 @@ class Simulation:
     def check_durable_promise(self, node: SimNode, msg: Message) -> None:
         disk = node.disk
         if isinstance(msg, AppendReply) and msg.success:
-            if msg.match_index > len(disk.log):
+            if msg.match_index > disk.last:
                 self.fail(f"{node.id} acknowledges {msg.match_index} with only "
-                          f"{len(disk.log)} entries on disk")
+                          f"{disk.last} entries on disk")
+            core = node.core
+            assert core is not None
+            held = core.log.term_at(msg.match_index)
+            if held is not None and disk.term_at(msg.match_index) != held:
+                self.fail(f"{node.id} acknowledges {msg.match_index} of term {held}, but its "
+                          f"disk holds term {disk.term_at(msg.match_index)} there")
             if disk.hard_state.term < msg.term:
                 self.fail(f"{node.id} replies in term {msg.term} before persisting it")
         if isinstance(msg, VoteReply) and msg.granted and not msg.pre_vote:
@@ -294,13 +362,15 @@ class Simulation:
     def apply(self, node: SimNode, commit: int) -> None:
         core = node.core
         assert core is not None
-        disk_log = node.disk.log
-        if commit > len(disk_log):
-            self.fail(f"{node.id} reports commit {commit} beyond its {len(disk_log)} "
+        disk = node.disk
+        if commit > disk.last:
+            self.fail(f"{node.id} reports commit {commit} beyond its {disk.last} "
                       "persisted entries")
         for index in range(self.applied(node) + 1, commit + 1):
-            entry = disk_log[index - 1]
-            assert entry.data is not None
+            entry = disk.entry(index)
+            if entry is None:
+                self.fail(f"{node.id} applies {index}, compacted before it was applied")
+            assert entry is not None and entry.data is not None
             if entry.kind is EntryKind.BATCH and entry.data.startswith(b"BAD"):
                 self.fail(f"refused payload committed at {index} on {node.id}")
             known = self.committed.get(index)
@@ -326,7 +396,8 @@ class Simulation:
         if dead and rng.random() < 0.06:
             node = rng.choice(dead)
             node.start()
-            self.log(f"{node.id} restarts with {len(node.disk.log)} entries")
+            self.log(f"{node.id} restarts with {node.disk.last} entries "
+                     f"(snapshot at {node.disk.base})")
         if self.crash_leader_mid_replication():
             return
         alive = [n for n in self.nodes.values() if n.alive]
@@ -471,6 +542,8 @@ class Simulation:
     def check_leader_completeness(self, leader: RaftNode) -> None:
         log = leader.log
         for index, (term, _) in self.committed.items():
+            if index < log.first_index:
+                continue  # compacted: the leader's state machine holds it (checked then)
             if self.commit_term[index] < leader.term and log.term_at(index) != term:
                 self.fail(f"leader {leader.node_id} of term {leader.term} lacks committed "
                           f"entry {index}")
@@ -527,7 +600,7 @@ def figure8(seed: int) -> Simulation:
     node plays which part depends on the seed's election timers; the script checks
     that every stage happened, so a passing run really replayed the figure.
     """
-    sim = Simulation(seed, nodes=5, faults=False, max_entries=1)
+    sim = Simulation(seed, nodes=5, faults=False, max_entries=1, compaction=False)
     sim.faults_on = False
     voters = sorted(sim.initial.voters)
     nodes = sim.nodes
@@ -609,21 +682,19 @@ def chain_root(prev: bytes, entry: Entry) -> bytes:
 
 
 def check_log_matching(sim: Simulation, a: RaftLog, b: RaftLog, an: str, bn: str) -> None:
-    """Same index and term => same terms at every earlier index (the data of equal
-    (index, term) pairs is checked as entries are persisted)."""
-    a_runs, b_runs = _runs(a), _runs(b)
+    """Same index and term => same terms at every earlier index both logs still hold (the
+    data of equal (index, term) pairs is checked as entries are persisted, compacted
+    prefixes as snapshots are taken)."""
+    start = max(a.first_index - 1, b.first_index - 1, 1)
     end = min(a.last_index, b.last_index)
-    bounds = sorted({s for s, _ in a_runs} | {s for s, _ in b_runs} | {end + 1})
+    bounds = sorted({s for s, _ in _runs(a)} | {s for s, _ in _runs(b)} | {start})
     diverged = False
-    ai = bi = 0
     for lo in bounds:
+        if lo < start:
+            continue
         if lo > end:
             break
-        while ai + 1 < len(a_runs) and a_runs[ai + 1][0] <= lo:
-            ai += 1
-        while bi + 1 < len(b_runs) and b_runs[bi + 1][0] <= lo:
-            bi += 1
-        same = a_runs[ai][1] == b_runs[bi][1]
+        same = a.term_at(lo) == b.term_at(lo)
         if same and diverged:
             sim.fail(f"log matching: {an} and {bn} agree at {lo} after diverging")
         if not same:

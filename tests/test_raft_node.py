@@ -13,6 +13,7 @@ from ledger.raft import (
     Entry,
     EntryKind,
     HardState,
+    InstallSnapshot,
     Membership,
     MembershipChangeError,
     Message,
@@ -21,6 +22,7 @@ from ledger.raft import (
     RaftNode,
     Ready,
     RequestVote,
+    Snapshot,
     TimeoutNow,
     VoteReply,
 )
@@ -495,3 +497,110 @@ def test_a_vote_granted_before_campaigning_is_never_sent() -> None:
     n.advance(in_flight)
     grants = [m for m in sent(flush(n)) if isinstance(m, VoteReply) and m.granted]
     assert grants == []
+
+
+# ---------------------------------------------------------------- compaction and snapshots
+
+
+def test_a_compacted_log_keeps_the_snapshot_term_and_membership() -> None:
+    log = RaftLog.restore([(1, 1), (2, 1), (3, 2), (4, 2), (5, 3)],
+                          [Entry(4, 2, EntryKind.CONFIG, Membership.of("a", "b").encode())])
+    snap = Snapshot(4, 2, Membership.of("a", "b").encode(), b"state")
+    log.compact(snap)
+    assert (log.first_index, log.last_index, log.snapshot) == (5, 5, snap)
+    assert [log.term_at(i) for i in (0, 2, 3, 4, 5, 6)] == [None, None, None, 2, 3, None]
+    assert log.latest_config() == Entry(4, 2, EntryKind.CONFIG, snap.config)
+    assert log.entries(5, 5) == (noop(5, 3),)
+    with pytest.raises(IndexError):
+        log.entries(4, 5)
+    with pytest.raises(ValueError, match="compacted"):
+        log.truncate_after(3)
+    with pytest.raises(ValueError, match="compact to 3"):
+        log.compact(Snapshot(3, 2, b"", b""))
+    # Restored from what an I/O layer persists: the snapshot and the entries after it.
+    again = RaftLog.restore([(5, 3)], [], snapshot=snap)
+    assert (again.first_index, again.last_index, again.term_at(4)) == (5, 5, 2)
+    with pytest.raises(ValueError, match="follows"):
+        RaftLog.restore([(6, 3)], [], snapshot=snap)
+
+
+def test_only_committed_durable_entries_may_be_compacted() -> None:
+    n = node(log=[(1, 1), (2, 1), (3, 1)], term=1)
+    with pytest.raises(ValueError, match="committed and durable"):
+        n.compact(2, b"")  # restarted: nothing known committed yet
+    n.step(append(1, "b", (3, 1), [], commit=2))
+    flush(n)
+    snap = n.compact(2, b"state at 2")
+    assert snap == Snapshot(2, 1, ABC.encode(), b"state at 2")
+    assert n.log.first_index == 3 and n.commit_index == 2
+
+
+def _leader_with_compacted_log() -> RaftNode:
+    n = node()
+    make_leader(n)
+    for data in (b"x1", b"x2", b"x3"):
+        n.propose(data)
+    last = n.last_index
+    pending = sent(flush(n))
+    while pending:  # c acknowledges whatever it is sent (probed first, then pipelined)
+        for m in pending:
+            if isinstance(m, AppendEntries) and m.dst == "c":
+                n.step(AppendReply(m.term, "c", "a", success=True,
+                                   match_index=m.prev_index + len(m.entries), hint_index=0,
+                                   refused=False))
+        pending = [m for m in sent(flush(n)) if m.dst == "c" and
+                   isinstance(m, AppendEntries) and m.entries]
+    assert n.commit_index == last
+    n.compact(3, b"state at 3")
+    return n
+
+
+def test_a_leader_sends_its_snapshot_to_a_follower_that_needs_compacted_entries() -> None:
+    n = _leader_with_compacted_log()
+    # b never answered: what it needs first (index 1) is gone from a's log, so the next
+    # heartbeat carries the snapshot, and so does each one until b answers.
+    for _ in range(2):
+        elapse(n, 2)
+        assert [m for m in sent(flush(n)) if m.dst == "b"] == [
+            InstallSnapshot(1, "a", "b", n.log.snapshot)]
+    n.propose(b"x4")  # no entries for b meanwhile
+    assert not [m for m in sent(flush(n)) if m.dst == "b"]
+    n.step(AppendReply(1, "b", "a", success=True, match_index=3, hint_index=0,
+                       refused=False))
+    after = [m for m in sent(flush(n)) if m.dst == "b"]
+    assert isinstance(after[0], AppendEntries)
+    assert (after[0].prev_index, [e.index for e in after[0].entries]) == (3, [4, 5])
+
+
+def test_a_follower_installs_a_snapshot_and_acknowledges_it_once_durable() -> None:
+    b = node("b", log=[(1, 1), (2, 1)], term=2)  # an old, uncommitted suffix of term 1
+    snap = Snapshot(7, 2, ABC.encode(), b"state at 7")
+    b.step(InstallSnapshot(2, "a", "b", snap))
+    assert (b.log.first_index, b.last_index, b.commit_index) == (8, 7, 7)
+    ready = b.ready()
+    assert ready.snapshot == snap and ready.messages == ()  # not before it is durable
+    b.advance(ready)
+    readies = flush(b)
+    assert sent(readies) == [AppendReply(2, "b", "a", success=True, match_index=7,
+                                         hint_index=0, refused=False)]
+    assert readies[0].newly_committed == (0, 7)
+    # Entries after it follow as usual; a resend of the snapshot is answered at once.
+    b.step(append(2, "a", (7, 2), [batch(8, 2)], commit=8, dst="b"))
+    b.step(InstallSnapshot(2, "a", "b", snap))
+    flush(b)
+    assert b.last_index == 8 and b.commit_index == 8
+    # An append from before the compaction is answered with what the snapshot holds.
+    b.compact(8, b"state at 8")
+    b.step(append(2, "a", (5, 2), [batch(6, 2)], commit=6, dst="b"))
+    assert [m.match_index for m in sent(flush(b)) if isinstance(m, AppendReply)] == [8]
+
+
+def test_a_snapshot_at_or_below_the_commit_point_changes_nothing() -> None:
+    b = node("b", term=1)
+    b.step(append(1, "a", (0, 0), [noop(1, 1), batch(2, 1), batch(3, 1)], commit=3,
+                  dst="b"))
+    flush(b)
+    b.step(InstallSnapshot(1, "a", "b", Snapshot(2, 1, ABC.encode(), b"")))
+    readies = flush(b)
+    assert all(r.snapshot is None for r in readies) and b.last_index == 3
+    assert [m.match_index for m in sent(readies) if isinstance(m, AppendReply)] == [2]

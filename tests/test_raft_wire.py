@@ -15,8 +15,10 @@ from ledger.raft import (
     AppendReply,
     Entry,
     EntryKind,
+    InstallSnapshot,
     Membership,
     RequestVote,
+    Snapshot,
     TimeoutNow,
     VoteReply,
 )
@@ -33,6 +35,8 @@ ALL = [
     AppendEntries(4, "n1", "n3", 10, 4, (), commit=10),
     AppendReply(4, "n3", "n1", success=True, match_index=10, hint_index=0, refused=False),
     TimeoutNow(4, "n1", "n2"),
+    InstallSnapshot(5, "n1", "n2", Snapshot(90, 4, Membership.of("n1", "n2").encode(),
+                                            b"\x00" * 8)),
 ]
 
 
@@ -73,6 +77,10 @@ def raw(*items: object) -> bytes:
     (raw([2, 1, "n1", "n2", 0, 0, [[1, 1, 0, "x"]], 0]), FieldTypeError,
      "[0].entries[0].data"),  # str for bin
     (raw([2, 1, "n1", "n2", 0, 0, [[1, 1, 0]], 0]), FieldTypeError, "[0].entries[0]"),
+    (raw([5, 1, "n1", "n2", [0, 1, b"", b""]]), FieldValueError, "[0].snapshot"),
+    (raw([5, 1, "n1", "n2", [3, 2, b"", b""]]), FieldValueError, "[0].snapshot.term"),
+    (raw([5, 1, "n1", "n2", [3, 1, "x", b""]]), FieldTypeError, "[0].snapshot.config"),
+    (raw([5, 1, "n1", "n2", [3, 1, b""]]), FieldTypeError, "[0].snapshot"),
     (b"\x91\x94\x04\xcc\x01\xa2n1\xa2n2", NonCanonicalError, None),  # 1 as uint8
 ])
 def test_malformed_input_is_rejected_naming_the_field(data: bytes, error: type[DecodeError],

@@ -8,9 +8,11 @@ from ledger.raft.messages import (
     Entry,
     EntryKind,
     HardState,
+    InstallSnapshot,
     Message,
     Ready,
     RequestVote,
+    Snapshot,
     TimeoutNow,
     VoteReply,
 )
@@ -22,6 +24,7 @@ __all__ = [
     "Entry",
     "EntryKind",
     "HardState",
+    "InstallSnapshot",
     "Membership",
     "MembershipChangeError",
     "Message",
@@ -30,6 +33,7 @@ __all__ = [
     "RaftNode",
     "Ready",
     "RequestVote",
+    "Snapshot",
     "TimeoutNow",
     "VoteReply",
 ]

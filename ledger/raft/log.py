@@ -12,24 +12,35 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable
 
-from ledger.raft.messages import Entry, EntryKind
+from ledger.raft.messages import Entry, EntryKind, Snapshot
 
 
 class RaftLog:
-    __slots__ = ("_config_indices", "_configs", "_last", "_starts", "_terms")
+    __slots__ = ("_config_indices", "_configs", "_last", "_snapshot", "_starts", "_terms")
 
-    def __init__(self) -> None:
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        # Runs of equal terms over the entries after the snapshot; a run that began at or
+        # before the snapshot is cut to start at its index.
         self._starts: list[int] = []  # first index of each run (ascending)
         self._terms: list[int] = []  # the term of each run (strictly ascending)
         self._last = 0
         self._configs: dict[int, Entry] = {}
         self._config_indices: list[int] = []  # ascending
+        self._snapshot = snapshot
+        if snapshot is not None:
+            if snapshot.index < 1 or snapshot.term < 1:
+                raise ValueError(f"a snapshot at index {snapshot.index}, term {snapshot.term}")
+            self._starts.append(snapshot.index)
+            self._terms.append(snapshot.term)
+            self._last = snapshot.index
 
     @classmethod
-    def restore(cls, terms: Iterable[tuple[int, int]], configs: Iterable[Entry]) -> RaftLog:
-        """Rebuild from what is persisted: (index, term) for every entry from 1, in order,
-        and the CONFIG entries (with data). Raises ValueError on an inconsistent log."""
-        log = cls()
+    def restore(cls, terms: Iterable[tuple[int, int]], configs: Iterable[Entry],
+                snapshot: Snapshot | None = None) -> RaftLog:
+        """Rebuild from what is persisted: the snapshot the log starts with, if any; then
+        (index, term) for every entry after it, in order; and the CONFIG entries among
+        them (with data). Raises ValueError on an inconsistent log."""
+        log = cls(snapshot)
         for index, term in terms:
             if index != log._last + 1:
                 raise ValueError(f"restore: index {index} follows {log._last}")
@@ -37,13 +48,22 @@ class RaftLog:
         for entry in configs:
             if entry.kind is not EntryKind.CONFIG or entry.data is None:
                 raise ValueError(f"restore: entry {entry.index} is not a CONFIG with data")
-            if log.term_at(entry.index) != entry.term or entry.index == 0:
+            if log.term_at(entry.index) != entry.term or entry.index <= log.first_index - 1:
                 raise ValueError(f"restore: CONFIG {entry.index} is not in the log")
             if log._config_indices and entry.index <= log._config_indices[-1]:
                 raise ValueError("restore: CONFIG entries out of order")
             log._configs[entry.index] = entry
             log._config_indices.append(entry.index)
         return log
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    @property
+    def first_index(self) -> int:
+        """The first index the log holds an entry for (later ones were compacted away)."""
+        return self._snapshot.index + 1 if self._snapshot is not None else 1
 
     @property
     def last_index(self) -> int:
@@ -54,10 +74,11 @@ class RaftLog:
         return self._terms[-1] if self._terms else 0
 
     def term_at(self, index: int) -> int | None:
-        """The term of the entry at index; 0 at index 0; None outside the log."""
-        if index == 0:
+        """The term of the entry at index; 0 at index 0; None outside the log (after it,
+        or compacted away: the snapshot's own index still has its term)."""
+        if index == 0 and self._snapshot is None:
             return 0
-        if index < 0 or index > self._last:
+        if index < self.first_index - 1 or index > self._last:
             return None
         return self._terms[bisect_right(self._starts, index) - 1]
 
@@ -73,7 +94,21 @@ class RaftLog:
         return self._starts[k] - 1 if k < len(self._starts) else self._last
 
     def latest_config(self) -> Entry | None:
-        return self._configs[self._config_indices[-1]] if self._config_indices else None
+        """The last CONFIG entry, or the snapshot's membership as one at its index."""
+        if self._config_indices:
+            return self._configs[self._config_indices[-1]]
+        return self._snapshot_config()
+
+    def config_at(self, index: int) -> Entry | None:
+        """The CONFIG in force at index (the last at or before it), as latest_config."""
+        k = bisect_right(self._config_indices, index)
+        if k:
+            return self._configs[self._config_indices[k - 1]]
+        return self._snapshot_config()
+
+    def _snapshot_config(self) -> Entry | None:
+        s = self._snapshot
+        return None if s is None else Entry(s.index, s.term, EntryKind.CONFIG, s.config)
 
     def config_after(self, index: int) -> bool:
         """Whether some CONFIG entry lies beyond index."""
@@ -83,8 +118,8 @@ class RaftLog:
         """Entries lo..hi inclusive as the core knows them: BATCH data is None."""
         if lo > hi:
             return ()
-        if lo < 1 or hi > self._last:
-            raise IndexError(f"entries {lo}..{hi} outside 1..{self._last}")
+        if lo < self.first_index or hi > self._last:
+            raise IndexError(f"entries {lo}..{hi} outside {self.first_index}..{self._last}")
         out: list[Entry] = []
         starts, terms, configs = self._starts, self._terms, self._configs
         k = bisect_right(starts, lo) - 1
@@ -138,9 +173,12 @@ class RaftLog:
                 self._config_indices.append(e.index)
 
     def truncate_after(self, index: int) -> None:
-        """Drop every entry with an index above index."""
+        """Drop every entry with an index above index (never below the snapshot)."""
         if index >= self._last:
             return
+        if index < self.first_index - 1:
+            raise ValueError(f"truncate after {index}: the log is compacted to "
+                             f"{self.first_index - 1}")
         index = max(index, 0)
         k = bisect_right(self._starts, index)  # runs starting after index go
         del self._starts[k:]
@@ -148,6 +186,28 @@ class RaftLog:
         self._last = index
         while self._config_indices and self._config_indices[-1] > index:
             del self._configs[self._config_indices.pop()]
+
+    def compact(self, snapshot: Snapshot) -> None:
+        """Drop the entries up to snapshot.index, which must be in the log with its term
+        and hold the snapshot's membership (the caller checks they are committed)."""
+        index = snapshot.index
+        if index < self.first_index or self.term_at(index) != snapshot.term:
+            raise ValueError(f"compact to {index}: not an entry of term {snapshot.term} "
+                             f"after {self.first_index - 1}")
+        k = bisect_right(self._starts, index) - 1
+        del self._starts[:k]
+        del self._terms[:k]
+        self._starts[0] = index
+        while self._config_indices and self._config_indices[0] <= index:
+            del self._configs[self._config_indices.pop(0)]
+        self._snapshot = snapshot
+
+    def reset_to(self, snapshot: Snapshot) -> None:
+        """Replace the whole log by a snapshot (a follower given its leader's)."""
+        fresh = RaftLog(snapshot)
+        self._starts, self._terms, self._last = fresh._starts, fresh._terms, fresh._last
+        self._configs, self._config_indices = {}, []
+        self._snapshot = snapshot
 
     def _push_term(self, index: int, term: int) -> None:
         if not self._terms or term != self._terms[-1]:
@@ -159,4 +219,5 @@ class RaftLog:
 
     def __repr__(self) -> str:
         runs = list(zip(self._starts, self._terms, strict=True))
-        return f"RaftLog(last={self._last}, runs={runs})"
+        base = f"snapshot={self._snapshot.index}, " if self._snapshot is not None else ""
+        return f"RaftLog({base}last={self._last}, runs={runs})"

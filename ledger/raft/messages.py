@@ -1,5 +1,5 @@
 """The values the Raft core exchanges with its I/O layer: log entries, the persisted
-hard state, the five peer messages, and Ready (what to persist and send now).
+hard state, snapshots, the six peer messages, and Ready (what to persist and send now).
 
 All are frozen, slotted dataclasses: they are built on the hot path and never copied.
 """
@@ -35,6 +35,19 @@ class Entry:
 class HardState:
     term: int
     voted_for: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The compacted start of a log: entries up to `index` (of `term`) are committed and
+    held by the state machine, not the log. `config` is the Membership in force there,
+    encoded; `data` belongs to the I/O layer (what it needs to fetch and check that
+    state, which the Raft messages never carry)."""
+
+    index: int
+    term: int
+    config: bytes
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +104,18 @@ class TimeoutNow:
     dst: str
 
 
-Message = RequestVote | VoteReply | AppendEntries | AppendReply | TimeoutNow
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """A leader whose log no longer holds what a follower needs next: take this snapshot
+    (answered with an AppendReply, success at snapshot.index, once it is durable)."""
+
+    term: int
+    src: str
+    dst: str
+    snapshot: Snapshot
+
+
+Message = RequestVote | VoteReply | AppendEntries | AppendReply | TimeoutNow | InstallSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +123,9 @@ class Ready:
     """What the I/O layer must do now, in this order, then call advance(ready)."""
 
     hard_state: HardState | None  # persist if not None (before sending messages)
+    # If not None: the persisted log is replaced by this snapshot (every persisted entry
+    # goes, the state machine takes the snapshot's state), before the entries below.
+    snapshot: Snapshot | None
     truncate_after: int | None  # first delete persisted entries with index > truncate_after
     entries: tuple[Entry, ...]  # then durably append these (data always present)
     messages: tuple[Message, ...]  # then send these (only after the above is durable,

@@ -9,7 +9,9 @@ disk, whatever the I/O layer overlaps.
 
 Raft as in Ongaro's thesis: pre-vote (§9.6), check-quorum, a NOOP at the start of each
 term, commit by counting only entries of the current term, single-server membership
-changes (a config takes effect when appended), pipelined replication with fast backup.
+changes (a config takes effect when appended), pipelined replication with fast backup,
+and log compaction (§5): the I/O layer compacts what its state machine holds, and a
+follower that needs compacted entries is sent the leader's snapshot instead.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from ledger.raft.messages import (
     Entry,
     EntryKind,
     HardState,
+    InstallSnapshot,
     Message,
     Ready,
     RequestVote,
+    Snapshot,
     TimeoutNow,
     VoteReply,
     may_precede_persistence,
@@ -95,14 +99,16 @@ class RaftNode:
         self._membership = membership
         self._apply_membership()
 
-        self._commit = 0
-        self._reported_commit = 0
+        # What the log's snapshot holds is committed, and applied by the I/O layer.
+        self._commit = log.first_index - 1
+        self._reported_commit = self._commit
         # Persistence bookkeeping. Everything in self._log is either durable (<= _durable)
         # or waiting: in _unstable (not yet in a Ready) or in the Ready in flight.
         self._durable = log.last_index
         self._disk_hi = log.last_index  # highest index that may be on disk
         self._unstable: list[Entry] = []
         self._truncate_pending: int | None = None
+        self._snapshot_pending: Snapshot | None = None  # a leader's, not yet in a Ready
         self._saved_hard_state = HardState(self._term, self._voted_for)
         self._in_flight: Ready | None = None
         self._in_flight_last = 0
@@ -183,7 +189,8 @@ class RaftNode:
             elif isinstance(msg, VoteReply) and msg.pre_vote and msg.granted:
                 pass  # granted pre-votes carry the term we would campaign in
             else:
-                leader = msg.src if isinstance(msg, AppendEntries | TimeoutNow) else None
+                leader = (msg.src if isinstance(msg, AppendEntries | TimeoutNow | InstallSnapshot)
+                          else None)
                 self._become_follower(msg.term, leader)
         elif msg.term < self._term:
             self._step_stale(msg)
@@ -196,6 +203,8 @@ class RaftNode:
             self._on_request_vote(msg)
         elif isinstance(msg, VoteReply):
             self._on_vote_reply(msg)
+        elif isinstance(msg, InstallSnapshot):
+            self._on_install_snapshot(msg)
         elif isinstance(msg, TimeoutNow) and self._role != LEADER and self._is_voter():
             self._campaign()
 
@@ -223,6 +232,22 @@ class RaftNode:
         self._append_local(entry)
         self._broadcast_append()
         return entry
+
+    def compact(self, index: int, data: bytes) -> Snapshot:
+        """Forget the log up to index, which the I/O layer's state machine holds (`data`
+        is what it needs to hand that state to a follower). Only committed, durable
+        entries may go."""
+        if not self._log.first_index <= index <= min(self._commit, self._durable):
+            raise ValueError(f"compact to {index}: outside {self._log.first_index}.."
+                             f"{min(self._commit, self._durable)} (committed and durable)")
+        term = self._log.term_at(index)
+        assert term is not None
+        config = self._log.config_at(index)
+        snapshot = Snapshot(index, term, config.data if config is not None and
+                            config.data is not None else self._initial_membership.encode(),
+                            data)
+        self._log.compact(snapshot)
+        return snapshot
 
     def transfer_leadership(self, to: str) -> None:
         """Hand leadership to a voter: catch it up, then tell it to campaign at once.
@@ -263,6 +288,7 @@ class RaftNode:
         commit = max(self._reported_commit, min(self._commit, self._durable))
         ready = Ready(
             hard_state=None if hard_state == self._saved_hard_state else hard_state,
+            snapshot=self._snapshot_pending,
             truncate_after=self._truncate_pending,
             entries=tuple(self._unstable),
             messages=tuple(self._outbox),
@@ -278,6 +304,7 @@ class RaftNode:
         self._disk_hi = self._log.last_index
         self._unstable = []
         self._truncate_pending = None
+        self._snapshot_pending = None
         self._outbox = []
         self._reported_commit = commit
         return ready
@@ -312,6 +339,7 @@ class RaftNode:
 
     def _unsaved(self) -> bool:
         return bool(self._unstable or self._truncate_pending is not None
+                    or self._snapshot_pending is not None
                     or self._term != self._saved_hard_state.term
                     or self._voted_for != self._saved_hard_state.voted_for)
 
@@ -518,6 +546,12 @@ class RaftNode:
         pr = self._progress[peer]
         log = self._log
         last = log.last_index
+        if pr.next < log.first_index:
+            # What it needs next was compacted away: it gets the snapshot, then entries
+            # once its reply (success at the snapshot's index) arrives.
+            if not pr.paused or heartbeat or not pr.probing:
+                self._send_snapshot(peer)
+            return
         if pr.probing:
             if pr.paused and not heartbeat:
                 return
@@ -536,9 +570,19 @@ class RaftNode:
             # Also detects lost AppendEntries: a follower missing pr.next - 1 rejects it.
             self._send_entries(peer, pr.next, pr.next - 1)
 
+    def _send_snapshot(self, peer: str) -> None:
+        snapshot = self._log.snapshot
+        assert snapshot is not None
+        pr = self._progress[peer]
+        pr.probing, pr.paused = True, True
+        pr.inflight.clear()
+        self._send(InstallSnapshot(self._term, self._id, peer, snapshot))
+
     def _send_entries(self, peer: str, lo: int, hi: int) -> None:
         prev_term = self._log.term_at(lo - 1)
-        assert prev_term is not None  # a leader's progress never points past its log
+        if prev_term is None:  # compacted since it was decided to send these
+            self._send_snapshot(peer)
+            return
         self._send(AppendEntries(self._term, self._id, peer, lo - 1, prev_term,
                                  self._log.entries(lo, hi), self._commit))
 
@@ -624,22 +668,38 @@ class RaftNode:
         if isinstance(msg, AppendEntries):
             self._send(AppendReply(self._term, self._id, msg.src, success=False,
                                    match_index=msg.prev_index, hint_index=0, refused=False))
+        elif isinstance(msg, InstallSnapshot):
+            self._send(AppendReply(self._term, self._id, msg.src, success=False,
+                                   match_index=msg.snapshot.index, hint_index=0,
+                                   refused=False))
         elif isinstance(msg, RequestVote):
             self._send(VoteReply(self._term, self._id, msg.src, granted=False,
                                  pre_vote=msg.pre_vote))
 
-    def _on_append(self, msg: AppendEntries) -> None:
+    def _heard_from_leader(self, msg: AppendEntries | InstallSnapshot) -> bool:
+        """Follow the sender of msg, a leader of our term; False to ignore msg."""
         if self._role == LEADER:
-            return  # cannot happen: one leader per term
+            return False  # cannot happen: one leader per term
         if self._distrusted == (self._term, msg.src):
             # It sent content our verifier refused: ignore it for the rest of its term, so
             # that the honest members elect another leader (and check-quorum unseats it).
-            return
+            return False
         if self._role != FOLLOWER:
             self._become_follower(self._term, msg.src)
         self._election_elapsed = 0
         self._leader_id = msg.src
+        return True
+
+    def _on_append(self, msg: AppendEntries) -> None:
+        if not self._heard_from_leader(msg):
+            return
         log = self._log
+        if msg.prev_index < log.first_index - 1:
+            # Compacted here, so committed: only a resend from before the compaction.
+            self._send_when_durable(AppendReply(self._term, self._id, msg.src, success=True,
+                                                match_index=log.first_index - 1,
+                                                hint_index=0, refused=False))
+            return
         if log.term_at(msg.prev_index) != msg.prev_term:
             if msg.prev_index > log.last_index:
                 hint = log.last_index + 1
@@ -668,6 +728,40 @@ class RaftNode:
             self._commit = max(self._commit, min(msg.commit, last_new))
         self._send_when_durable(AppendReply(self._term, self._id, msg.src, success=True,
                                             match_index=last_new, hint_index=0, refused=False))
+
+    def _on_install_snapshot(self, msg: InstallSnapshot) -> None:
+        if not self._heard_from_leader(msg):
+            return
+        snap = msg.snapshot
+        log = self._log
+        if snap.index <= self._commit or log.term_at(snap.index) == snap.term:
+            # Already held (committed, or matching: the log agrees up to there).
+            if log.term_at(snap.index) == snap.term:
+                self._commit = max(self._commit, snap.index)
+            match = snap.index if log.term_at(snap.index) == snap.term else self._commit
+            self._send_when_durable(AppendReply(self._term, self._id, msg.src, success=True,
+                                                match_index=match, hint_index=0,
+                                                refused=False))
+            return
+        if snap.term > msg.term or snap.index < 1:
+            return  # not a real leader's snapshot
+        try:
+            Membership.decode(snap.config)
+        except DecodeError:
+            return
+        # Everything after the commit point goes (what is committed here is part of the
+        # snapshot); the I/O layer then replaces its whole persisted log by the snapshot.
+        self._truncate(self._commit)
+        self._log.reset_to(snap)
+        self._unstable = []
+        self._truncate_pending = None
+        self._snapshot_pending = snap
+        self._disk_hi = snap.index
+        self._commit = snap.index
+        self._apply_membership()
+        self._send_when_durable(AppendReply(self._term, self._id, msg.src, success=True,
+                                            match_index=snap.index, hint_index=0,
+                                            refused=False))
 
     def _acceptable(self, new: tuple[Entry, ...], msg: AppendEntries) -> bool:
         """Whether a leader's entries are well formed (step() never raises on them)."""

@@ -8,6 +8,7 @@ A frame is a msgpack array of messages; each message is an array led by its type
                    entry = [index, term, kind, data]   (kind: 0 NOOP, 1 BATCH, 2 CONFIG)
     AppendReply   [3, term, src, dst, success, match_index, hint_index, refused]
     TimeoutNow    [4, term, src, dst]
+    InstallSnapshot [5, term, src, dst, [index, snapshot_term, config, data]]
 
 Numbers are non-negative 64-bit integers, ids are member ids, data is bin. The decoder
 accepts exactly the bytes encode_messages produces (it re-encodes and compares), so a
@@ -32,8 +33,10 @@ from ledger.raft.messages import (
     AppendReply,
     Entry,
     EntryKind,
+    InstallSnapshot,
     Message,
     RequestVote,
+    Snapshot,
     TimeoutNow,
     VoteReply,
 )
@@ -64,6 +67,9 @@ def _to_wire(m: Message) -> list[Any]:
         return [1, m.term, m.src, m.dst, m.granted, m.pre_vote]
     if isinstance(m, TimeoutNow):
         return [4, m.term, m.src, m.dst]
+    if isinstance(m, InstallSnapshot):
+        s = m.snapshot
+        return [5, m.term, m.src, m.dst, [s.index, s.term, s.config, s.data]]
     raise TypeError(f"not a Raft message: {type(m).__name__}")
 
 
@@ -143,9 +149,26 @@ def _timeout_now(v: list[Any], p: str) -> TimeoutNow:
                       check_member_id(v[3], p + ".dst"))
 
 
+def _install_snapshot(v: list[Any], p: str) -> InstallSnapshot:
+    term, raw, f = _num(v[1], p + ".term"), v[4], p + ".snapshot"
+    if type(raw) is not list or len(raw) != 4:
+        raise FieldTypeError("expected [index, term, config, data]", field=f)
+    index, sterm = _num(raw[0], f + ".index"), _num(raw[1], f + ".term")
+    if index < 1 or sterm < 1:
+        raise FieldValueError("a snapshot starts at index 1 and term 1 or later", field=f)
+    if sterm > term:
+        raise FieldValueError(f"term {sterm} is above the message's {term}", field=f + ".term")
+    for k, name in ((2, "config"), (3, "data")):
+        if type(raw[k]) is not bytes:
+            raise FieldTypeError("expected bytes", field=f"{f}.{name}")
+    return InstallSnapshot(term, check_member_id(v[2], p + ".src"),
+                           check_member_id(v[3], p + ".dst"),
+                           Snapshot(index, sterm, raw[2], raw[3]))
+
+
 _DECODERS: dict[int, tuple[int, Callable[[list[Any], str], Message]]] = {
     0: (7, _vote), 1: (6, _vote_reply), 2: (8, _append), 3: (8, _append_reply),
-    4: (4, _timeout_now),
+    4: (4, _timeout_now), 5: (5, _install_snapshot),
 }
 
 
