@@ -28,6 +28,7 @@ TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT
 MAX_LEVEL = 63
 MAX_ENTRY_SIZE = 0xFFFF
+MAX_BUNDLE_SIZE = TILE_WIDTH * (2 + MAX_ENTRY_SIZE)  # a full bundle of the largest entries
 # N·256 leaves must fit a 64-bit tree size, so N has at most 56 bits.
 MAX_INDEX = (1 << 56) - 1
 ENTRIES: Literal["entries"] = "entries"

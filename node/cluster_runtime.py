@@ -70,7 +70,7 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
         settle_loaded_state()
         published = 0 if checkpoint is None else open_checkpoint(checkpoint, log_verifier)[0].size
         raft, ends = restore_raft(member.id, cluster, await storage.hard_state(),
-                                  await storage.raft_rows())
+                                  await storage.raft_rows(), await storage.raft_snapshot())
         metrics = Metrics(tree_size=published)
         holder: list[Replica] = []
 

@@ -51,6 +51,11 @@ class NodeConfig:
     # The niceness the snapshot builder runs at (node/snapshot_builder.py): 19 takes only
     # CPU the node leaves idle, so under full load a build waits; 0 competes with writes.
     snapshot_nice: int = 19
+    # A cluster member keeps this many Raft log rows behind its commit point, and
+    # forgets older ones in steps of as many (0: never). A member that needs forgotten
+    # rows catches up from tiles instead (node/catch_up.py). A row is a batch of up to a
+    # few thousand entries; the ledger's entries themselves are never forgotten.
+    raft_log_keep: int = 100_000
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -62,6 +67,8 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_skew_ms < 0:
             raise ConfigError("max_skew_ms must not be negative")
+        if self.raft_log_keep < 0:
+            raise ConfigError("raft_log_keep must not be negative (0: never compact)")
         if self.snapshot_every < 0:
             raise ConfigError("snapshot_every must not be negative (0: no snapshots)")
         if not 0 <= self.snapshot_nice <= 19:

@@ -46,6 +46,7 @@ from ledger.merkle import HASH_SIZE, leaf_hash
 from ledger.note import MAX_NOTE_SIZE, Ed25519Verifier, new_verifier, raw_public_key
 from ledger.state import LedgerState
 from ledger.tiles import (
+    MAX_BUNDLE_SIZE,
     TILE_WIDTH,
     TileId,
     entry_tile_for,
@@ -61,7 +62,6 @@ from node.storage import Storage, StorageError
 
 log = logging.getLogger("consent_ledger.mirror")
 
-MAX_BUNDLE = TILE_WIDTH * (2 + 0xFFFF)
 _META_LOG_KEY = "mirror_log_vkey"
 _META_WITNESSED = "mirror_witnessed_note"
 
@@ -280,7 +280,7 @@ class Mirror:
                              ) -> list[tuple[TileId, bytes]]:
         first = self.size - self.size % TILE_WIDTH
         tiles = [entry_tile_for(i, size) for i in range(first, size, TILE_WIDTH)]
-        datas = await asyncio.gather(*(self._get(session, format_tile_path(t), MAX_BUNDLE)
+        datas = await asyncio.gather(*(self._get(session, format_tile_path(t), MAX_BUNDLE_SIZE)
                                        for t in tiles))
         return list(zip(tiles, datas, strict=True))
 

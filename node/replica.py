@@ -10,6 +10,10 @@ core's Ready demands:
 3. vote, truncation and new entries in one SQLite transaction, synced;
 4. only then the messages, then `advance`: nothing is promised before it is durable.
 
+Each member compacts its Raft log (`raft_log_keep` rows behind the commit point, at a
+checkpoint it stored); a member whose leader no longer holds the rows it needs is sent
+a snapshot instead and catches up from tiles (node/catch_up.py).
+
 Committed entries are published by one task: on the leader it signs the checkpoint
 with the log key, gathers a majority of cosignatures (each member checks the checkpoint
 against its own tree, node/cosigning.py) and stores tiles and checkpoint; the write
@@ -20,9 +24,11 @@ of what is committed and serve the checkpoints the leader publishes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
+from bisect import bisect_right
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -31,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from ledger.entry import LogEntry
-from ledger.errors import LedgerError, RejectedError
+from ledger.errors import DecodeError, LedgerError, RejectedError
 from ledger.events import StatusRoot
 from ledger.note import Ed25519Signer, Ed25519Verifier
 from ledger.raft.log import RaftLog
@@ -41,19 +47,29 @@ from ledger.raft.messages import (
     Entry,
     EntryKind,
     HardState,
+    InstallSnapshot,
     Message,
     Ready,
+    Snapshot,
     may_precede_persistence,
 )
 from ledger.raft.node import MembershipChangeError, NotLeaderError, RaftNode
 from ledger.signed import SignedEvent
+from ledger.state import LedgerState
+from ledger.tree import MerkleTree
 from node.batch_payload import batch_entries, encode_batch
+from node.catch_up import (
+    CatchUpError,
+    checkpoint_size,
+    entry_chunks,
+    open_snapshot_checkpoint,
+)
 from node.cluster_config import ClusterConfig
 from node.cosigning import Cosigner, CosignError
 from node.decode_worker import MIN_BODY as DECODE_ELSEWHERE
 from node.local_commit import touched_tiles
 from node.peers import PeerLink
-from node.recovery import recover
+from node.recovery import recover, replay_entries, restore_snapshot
 from node.replica_storage import RaftRow, ReplicaStorage
 from node.sequencer import UnavailableError
 from node.snapshots import Snapshotter
@@ -68,6 +84,7 @@ _PAYLOAD_CACHE = 512
 # heartbeats, cosign requests and forwarded writes do not wait for a whole batch.
 _CHUNK = 200
 _DECODING_AHEAD = 16  # batches decoded before the Ready loop reaches them, at most
+_CATCH_UP_RETRY_S = (0.2, 5.0)  # after every source failed: first and longest pause
 
 
 class Replica:
@@ -111,6 +128,8 @@ class Replica:
                           for m in cluster.members}
         self._tasks: list[asyncio.Task[None]] = []
         self.failed: BaseException | None = None
+        self._installing = False  # catching up from tiles: vouch only for the old prefix
+        self._snapshot_checked: Snapshot | None = None  # the last one whose data opened
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -151,7 +170,10 @@ class Replica:
 
     @property
     def durable_size(self) -> int:
-        """How many ledger entries this member has on disk."""
+        """How many ledger entries this member has on disk (while it installs a snapshot:
+        its committed prefix, the rest being about to go)."""
+        if self._installing:
+            return self.committed_size
         return self._ends.get(self._persisted_last, 0)
 
     @property
@@ -180,6 +202,8 @@ class Replica:
                 continue  # an authenticated peer may only speak for itself
             if isinstance(m, AppendEntries):
                 self._start_decoding(m.entries)
+            elif isinstance(m, InstallSnapshot) and not self._snapshot_opens(m.snapshot):
+                continue
             self.raft.step(m)
         if self.raft.role == "leader":
             # The acknowledgement that completes a majority commits at once: the Ready
@@ -339,6 +363,8 @@ class Replica:
 
     async def _process(self, rd: Ready) -> None:
         storage = self._storage
+        if rd.snapshot is not None:
+            await self._install(rd.snapshot)
         if rd.truncate_after is not None and rd.truncate_after < self._state_last:
             # The core may already count the new leader's entries as committed; what must
             # never be truncated is what this member published, applied or cosigned.
@@ -415,34 +441,142 @@ class Replica:
 
     async def _admit(self, entry: Entry) -> list[tuple[int, bytes, bytes, bytes]] | None:
         """Check a leader's batch as an auditor would; its rows, or None to refuse it."""
-        state, tree, verifier = self._rt.state, self._rt.tree, self._rt.verifier
         try:
             entries = await self._decode(entry)
         except (ValueError, LedgerError) as exc:
             log.warning("refused a batch", extra={"raft_index": entry.index,
                                                   "error": str(exc)})
             return None
-        signed = [(i, e.signed) for i, e in enumerate(entries)
-                  if not isinstance(e.signed.body, StatusRoot)]
-        verdicts = await verifier.verify(state, [s for _, s in signed])
-        checked = {i for (i, _), v in zip(signed, verdicts, strict=True) if v is True}
-        if any(isinstance(v, RejectedError) for v in verdicts):
-            log.warning("refused a batch: bad signature", extra={"raft_index": entry.index})
-            return None
-        rows = []
+        size = self._rt.state.size
         try:
-            for i, e in enumerate(entries):
-                state.replay(e, verify_signatures=i not in checked)
-                tree.append(e.leaf_hash)
-                rows.append((e.index, e.signed.id, e.leaf_hash, e.encoded))
-                if i % _CHUNK == _CHUNK - 1:
-                    await asyncio.sleep(0)
+            return await self._check(entries, self._rt.state, self._rt.tree)
         except LedgerError as exc:
             log.warning("refused a batch", extra={"raft_index": entry.index,
                                                   "error": str(exc)})
-            self._dirty = True  # memory holds part of it
+            if self._rt.state.size != size or self._rt.tree.size != size:
+                self._dirty = True  # memory holds part of it
             return None
+
+    async def _check(self, entries: list[LogEntry], state: LedgerState, tree: MerkleTree
+                     ) -> list[tuple[int, bytes, bytes, bytes]]:
+        """Check entries (signatures on both cores, then the consent state machine) and
+        apply them to state and tree; the rows to store. Raises LedgerError, leaving
+        state and tree unchanged if it is a signature's (else holding part of them)."""
+        signed = [(i, e.signed) for i, e in enumerate(entries)
+                  if not isinstance(e.signed.body, StatusRoot)]
+        verdicts = await self._rt.verifier.verify(state, [s for _, s in signed])
+        checked = {i for (i, _), v in zip(signed, verdicts, strict=True) if v is True}
+        rejected = next((v for v in verdicts if isinstance(v, RejectedError)), None)
+        if rejected is not None:
+            raise LedgerError(f"bad signature: {rejected}")
+        rows = []
+        for i, e in enumerate(entries):
+            if e.index != state.size:
+                raise LedgerError(f"entry {e.index} where entry {state.size} belongs")
+            state.replay(e, verify_signatures=i not in checked)
+            tree.append(e.leaf_hash)
+            rows.append((e.index, e.signed.id, e.leaf_hash, e.encoded))
+            if i % _CHUNK == _CHUNK - 1:
+                await asyncio.sleep(0)
         return rows
+
+    # ---------------------------------------------------------------- snapshots
+
+    def _snapshot_opens(self, snapshot: Snapshot) -> bool:
+        """Whether a leader's snapshot holds a checkpoint a majority cosigned (checked
+        before the core takes it: once taken, it must be installed)."""
+        if snapshot == self._snapshot_checked:
+            return True
+        try:
+            voters = Membership.decode(snapshot.config).voters
+            checkpoint = open_snapshot_checkpoint(snapshot.data, log_verifier=self._log_verifier,
+                                                  cluster=self.cluster, voters=voters)
+            if checkpoint.size < self.committed_size:
+                raise CatchUpError(f"its checkpoint ({checkpoint.size} entries) is older "
+                                   f"than the {self.committed_size} committed here")
+        except (CatchUpError, DecodeError) as exc:
+            log.warning("ignored a snapshot", extra={"raft_index": snapshot.index,
+                                                      "error": str(exc)})
+            return False
+        self._snapshot_checked = snapshot
+        return True
+
+    async def _install(self, snapshot: Snapshot) -> None:
+        """Catch up to a leader's snapshot from tiles, then make it this member's log:
+        the committed prefix stays, the rest is replaced by entries fetched and checked
+        one by one, the tree's root by the snapshot's cosigned checkpoint."""
+        started = time.perf_counter()
+        voters = Membership.decode(snapshot.config).voters
+        checkpoint = open_snapshot_checkpoint(snapshot.data, log_verifier=self._log_verifier,
+                                              cluster=self.cluster, voters=voters)
+        keep, size = self.committed_size, checkpoint.size
+        if keep > size:
+            raise RuntimeError(f"a snapshot of {size} entries below the {keep} committed here")
+        self._installing = True
+        leader = self.raft.leader_id
+        sources = [m.url for m in sorted(self.cluster.members, key=lambda m: m.id != leader)
+                   if m.id != self.member]
+        if not sources:
+            raise RuntimeError("a snapshot, but no other member to fetch its entries from")
+        state, tree = await self._state_at(keep)
+        await self._storage.discard_staged()
+        pause = _CATCH_UP_RETRY_S[0]
+        for url in itertools.cycle(sources):
+            try:
+                await self._fetch_checked(url, state, tree, size)
+                if tree.root(size) == checkpoint.root:
+                    break
+                raise _Refused(f"{url}: the entries do not make the snapshot's root")
+            except CatchUpError as exc:
+                log.warning("catching up from tiles: a source failed",
+                            extra={"source": url, "error": str(exc)})
+                if isinstance(exc, _Refused):  # what it served may be in state and tree
+                    state, tree = await self._state_at(keep)
+                    await self._storage.discard_staged()
+                # else the next source goes on from where this one stopped
+            if url == sources[-1]:
+                await asyncio.sleep(pause)  # every source failed once more: a retry timer
+                pause = min(pause * 2, _CATCH_UP_RETRY_S[1])
+        await self._storage.install_snapshot(snapshot, keep=keep)
+        self._ends = {snapshot.index: size}
+        self._persisted_last = self._state_last = snapshot.index
+        self._proposed.clear()
+        self._payloads.clear()
+        self._decoding.clear()
+        self._rt.state, self._rt.tree = state, tree
+        self._rt.sequencer.reset(state, tree)
+        self._dirty = False
+        self._installing = False
+        self.cosigner.entries_persisted()
+        log.info("caught up from tiles", extra={
+            "raft_index": snapshot.index, "size": size, "fetched": size - keep,
+            "seconds": round(time.perf_counter() - started, 3)})
+
+    async def _fetch_checked(self, url: str, state: LedgerState, tree: MerkleTree,
+                             size: int) -> None:
+        """Entries from tree.size to size from `url`, each checked and applied, staged."""
+        async for chunk in entry_chunks(self.session, url, tree.size, size):
+            try:
+                entries = []
+                for index, raw in chunk:
+                    entry = LogEntry.decode(raw)
+                    if entry.index != index:
+                        raise LedgerError(f"entry {index} says it is entry {entry.index}")
+                    entries.append(entry)
+                rows = await self._check(entries, state, tree)
+            except LedgerError as exc:
+                raise _Refused(f"{url}: {exc}") from None
+            await self._storage.stage_entries(rows)
+
+    async def _state_at(self, size: int) -> tuple[LedgerState, MerkleTree]:
+        """A new copy of the ledger's state and tree over the first `size` entries on
+        disk (the live ones keep serving reads until the snapshot is whole)."""
+        restored = await restore_snapshot(self._storage)
+        if restored is None or restored[0].size > size:
+            restored = LedgerState(), MerkleTree()
+        state, tree = restored
+        await replay_entries(self._storage, state, tree, until=size)
+        return state, tree
 
     def _start_decoding(self, entries: tuple[Entry, ...]) -> None:
         decoder = self._rt.decoder
@@ -557,6 +691,35 @@ class Replica:
                     waiter.set_result(self._rt.sequencer.checkpoint)
             if self._snapshots is not None:
                 await self._snapshots.after_commit(size)  # committed, on this member's disk
+            await self._maybe_compact()
+
+    async def _maybe_compact(self) -> None:
+        """Forget the Raft rows `raft_log_keep` behind the commit point, in steps of as
+        many, at a checkpoint this member stored: it becomes the snapshot's data, which a
+        member sent the snapshot checks the entries it fetches against."""
+        keep = self._rt.config.raft_log_keep
+        raft = self.raft
+        base = raft.log.first_index - 1
+        target = min(raft.commit_index, self._persisted_last) - keep
+        if keep == 0 or target - base < keep:
+            return
+        ends = self._ends
+        found = await self._storage.checkpoint_at_most(ends[target])
+        if found is None:
+            return
+        size, note = found
+        # The last Raft index at or before target whose entries end at that size.
+        index = base + bisect_right(range(base + 1, target + 1), size, key=ends.__getitem__)
+        if index <= base or ends[index] != size:
+            return
+        try:
+            snapshot = raft.compact(index, note)
+        except ValueError:
+            return  # its Ready is not advanced yet: at the next publication
+        await self._storage.compact_raft(snapshot)
+        for i in range(base, index):
+            ends.pop(i, None)
+        log.info("compacted the Raft log", extra={"raft_index": index, "size": size})
 
     async def _recosigner(self) -> None:
         """Re-cosign the latest checkpoint now and then: cosignature times show freshness."""
@@ -579,14 +742,23 @@ class Replica:
                 log.warning("re-cosigning failed", extra={"error": str(exc)})
 
 
+class _Refused(CatchUpError):
+    """A source served entries that do not check out (not merely no entries)."""
+
+
 def restore_raft(member: str, cluster: ClusterConfig, hard: tuple[int, str | None],
-                 rows: list[RaftRow]) -> tuple[RaftNode, dict[int, int]]:
+                 rows: list[RaftRow], snapshot: Snapshot | None = None
+                 ) -> tuple[RaftNode, dict[int, int]]:
     log_view = RaftLog.restore(((r.index, r.term) for r in rows),
                                (Entry(r.index, r.term, EntryKind(r.kind), r.data or b"")
-                                for r in rows if r.kind == EntryKind.CONFIG))
+                                for r in rows if r.kind == EntryKind.CONFIG),
+                               snapshot=snapshot)
     raft = RaftNode(member, membership=Membership(cluster.voters),
                     hard_state=HardState(hard[0], hard[1]), log=log_view,
                     rng=random.Random(time.time_ns() ^ hash(member)),
                     election_ticks=cluster.election_ticks,
                     heartbeat_ticks=cluster.heartbeat_ticks)
-    return raft, {r.index: r.end for r in rows}
+    ends = {r.index: r.end for r in rows}
+    if snapshot is not None:
+        ends[snapshot.index] = checkpoint_size(snapshot.data)
+    return raft, ends

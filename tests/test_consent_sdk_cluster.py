@@ -318,9 +318,11 @@ async def test_decisions_verify_across_a_leader_failover_and_the_store_advances_
                 break
             except ProblemError as exc:
                 assert exc.code == "no-leader", exc
-            except NodeUnavailableError:
-                pass
-            assert time.monotonic() < deadline, "no verified decision after the failover"
+                last: Exception = exc
+            except NodeUnavailableError as exc:
+                last = exc
+            assert time.monotonic() < deadline, \
+                f"no verified decision after the failover: {last!r}, {cluster.info(survivors[0])}"
             await asyncio.sleep(0.05)  # polling a condition with a deadline
         assert again.checkpoint.size >= first.checkpoint.size
         new_leader = cluster.wait_leader(among=survivors)
