@@ -339,6 +339,11 @@ class Replica:
         leader = self.raft.role == "leader"
         if leader and not self._was_leader:
             log.info("became leader", extra={"term": self.raft.term})
+            # Its followers' copy of the log may be ahead of the last checkpoint they
+            # were shown (the old leader died before announcing it): a checkpoint of its
+            # own, now, or reads wait for the next write.
+            self._own = None
+            self._publish.set()
             if self._rt.state.size == 0 and self.cluster.genesis is not None:
                 self._tasks.append(asyncio.create_task(self._submit_genesis(), name="genesis"))
         if self._was_leader and not leader:
@@ -618,6 +623,8 @@ class Replica:
         self._state_last = self._persisted_last
         self._proposed.clear()
         self._dirty = False
+        if self.raft.role == "leader":
+            self._publish.set()  # a leader's first checkpoint may have waited for this
         log.info("reloaded the ledger from disk", extra={"size": state.size})
 
     def _open_note(self, note: bytes) -> Checkpoint:
@@ -655,7 +662,10 @@ class Replica:
             await self._publish.wait()
             self._publish.clear()
             size = self.committed_size
-            if size <= self.published_size and (self._unstored is None or self.is_leader):
+            if self.is_leader:
+                if size == 0 or (self._own is not None and size <= self._own[0]):
+                    continue  # nothing yet, or signed and published already
+            elif size <= self.published_size and self._unstored is None:
                 continue
             tree = self._rt.tree
             tiles = [(t.level, t.index, t.hashes)
