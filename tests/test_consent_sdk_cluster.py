@@ -341,6 +341,36 @@ async def test_decisions_verify_across_a_leader_failover_and_the_store_advances_
     assert requests.count("/v1/proofs/consistency") == proofs + 1
 
 
+async def test_a_new_leader_keeps_the_checkpoint_fresh_without_new_writes(
+        own_cluster: LocalCluster, session: aiohttp.ClientSession) -> None:
+    # Freshness is the cosignatures' time: a leader elected into a quiet log must sign
+    # and keep re-cosigning a checkpoint of its own, or every client's max_age runs out.
+    cluster = own_cluster
+    leader = cluster.wait_leader()
+    policy = parse_policy(cluster.policy)
+    # Every member has been shown the latest checkpoint: nothing is left to publish.
+    size = cluster.wait_published(leader, 1)["checkpoint_size"]
+    deadline = time.monotonic() + 15
+    while not all((info := cluster.info(m)) and info["committed_size"]
+                  == info["published_size"] == info["checkpoint_size"] == size
+                  for m in cluster.members):
+        assert time.monotonic() < deadline, [cluster.info(m) for m in cluster.members]
+        await asyncio.sleep(0.05)  # polling a condition with a deadline
+    cluster.kill(leader)
+    killed_at = int(time.time())
+    new_leader = cluster.wait_leader(among=[m for m in cluster.members if m != leader])
+    deadline = time.monotonic() + 15
+    while True:
+        async with session.get(cluster.url(new_leader) + "/checkpoint") as resp:
+            note = await resp.read()
+        trusted = policy.check_checkpoint(note, now=int(time.time()), max_age=None)
+        if trusted.quorum_time is not None and trusted.quorum_time > killed_at + 1:
+            break
+        assert time.monotonic() < deadline, \
+            f"no majority cosigned after the failover: {trusted.quorum_time}, {killed_at}"
+        await asyncio.sleep(0.05)  # polling a condition with a deadline
+
+
 async def test_a_receipt_from_the_cluster_verifies_offline_under_its_policy(
         own_cluster: LocalCluster, tmp_path: Path) -> None:
     cluster = own_cluster
