@@ -39,7 +39,14 @@ def _replica(request: web.Request) -> Replica:
 async def _authenticated_body(request: web.Request, replica: Replica) -> tuple[str, bytes]:
     if request.content_length is not None and request.content_length > MAX_PEER_BODY:
         raise_problem("too-large", "peer message too large")
-    body = await request.read()
+    # Not request.read(): it caps bodies at the clients' max_body_bytes, and one Raft
+    # entry (a batch of up to CLUSTER_MAX_BATCH events) may be larger than that.
+    received = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        received += chunk
+        if len(received) > MAX_PEER_BODY:
+            raise_problem("too-large", "peer message too large")
+    body = bytes(received)
     try:
         src = check_request(replica.peer_keys, me=replica.member, path=request.path,
                             headers=request.headers, body=body)

@@ -3,7 +3,9 @@
 Each peer has a queue; its sender takes everything queued, attaches the batch payloads
 that the Raft core leaves out of its AppendEntries (it never holds them), signs the
 request with this member's key and POSTs it. While one request is in flight the next
-batch fills, so a busy link sends few large requests. A failed request is dropped:
+batch fills, so a busy link sends few large requests, of at most about FRAME_BYTES each
+(a follower catching up is sent up to 64 batches at once: one request of tens of
+megabytes would outlast its timeout on a slow link). A failed request is dropped:
 Raft retries by itself, and the sender backs off briefly so a dead peer costs little.
 """
 
@@ -17,13 +19,14 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.raft.messages import AppendEntries, Entry, EntryKind, Message
-from ledger.raft.wire import encode_messages
+from ledger.raft.wire import encode_messages, frames
 from node.peer_auth import sign_request
 
 log = logging.getLogger("consent_ledger.peers")
 
 RAFT_PATH = "/v1/cluster/raft"
 COSIGN_PATH = "/v1/cluster/cosign"
+FRAME_BYTES = 4 * 1024 * 1024
 
 # Loads the payloads of BATCH entries (Raft index → payload) from storage.
 PayloadLoader = Callable[[list[int]], Awaitable[dict[int, bytes]]]
@@ -55,9 +58,9 @@ class PeerLink:
             if not batch:
                 continue
             try:
-                body = encode_messages(await self._with_payloads(batch))
-                await self.post(RAFT_PATH, body)
-                self.sent += len(batch)
+                for frame in frames(await self._with_payloads(batch), FRAME_BYTES):
+                    await self.post(RAFT_PATH, encode_messages(frame))
+                    self.sent += len(frame)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 self.failures += 1
                 log.debug("peer unreachable", extra={"peer": self.peer, "error": str(exc)})

@@ -23,15 +23,17 @@ from node.cluster_cli import free_ports
 KEEP = 4  # Raft rows kept behind the commit point: a few batches make a long absence
 
 
-async def write_batches(cluster: LocalCluster, member: str, count: int, first: int) -> int:
-    """`count` requests of 10 grants each (a Raft entry each); the last checkpoint size."""
+async def write_batches(cluster: LocalCluster, member: str, count: int, first: int,
+                        per_batch: int = 10) -> int:
+    """`count` requests of `per_batch` grants each (a Raft entry each, if small); the
+    last checkpoint size."""
     async with aiohttp.ClientSession() as s:
         key = await register_controller(s, cluster.url(member), cluster.operator_key)
         size = 0
         for b in range(first, first + count):
             t = now_ms()
-            events = [grant(subject=bytes([b, i]) * 16, consented_at=t, valid_until=t + 10**9)
-                      for i in range(10)]
+            events = [grant(subject=bytes([b]) * 28 + i.to_bytes(4, "big"), consented_at=t,
+                            valid_until=t + 10**9) for i in range(per_batch)]
             status, body, _ = await post(s, cluster.url(member), sign_batch(events, key))
             assert status == 200, body
             size = int(body["checkpoint"].split("\n")[1])
@@ -47,6 +49,27 @@ def log_lines(cluster: LocalCluster, member: str, message: str) -> list[dict[str
 def leaves(path: Path) -> list[bytes]:
     with sqlite3.connect(path) as db:
         return [bytes(r[0]) for r in db.execute("SELECT leaf FROM entries ORDER BY idx")]
+
+
+def test_a_member_away_catches_up_many_megabytes_from_the_raft_log(tmp_path: Path) -> None:
+    # Without compaction the leader replicates all it missed as AppendEntries, up to 64
+    # batches at once: tens of megabytes, which travel in frames of a few.
+    cluster = LocalCluster(tmp_path / "cluster")
+    cluster.start()
+    try:
+        leader = cluster.wait_leader()
+        away = next(m for m in sorted(cluster.members) if m != leader)
+        cluster.kill(away)
+        size = asyncio.run(write_batches(cluster, leader, 12, first=0, per_batch=1000))
+        assert size > 12_000
+        cluster.members[away].start()
+        cluster.wait_published(away, size, timeout=60)
+        assert not log_lines(cluster, away, "caught up from tiles")
+    finally:
+        cluster.stop_all()
+    db = "ledger.sqlite"
+    assert leaves(cluster.members[away].data_dir / db)[:size] == \
+        leaves(cluster.members[leader].data_dir / db)[:size]
 
 
 def test_a_member_away_past_the_compaction_point_catches_up_from_tiles(

@@ -22,7 +22,7 @@ from ledger.raft import (
     TimeoutNow,
     VoteReply,
 )
-from ledger.raft.wire import decode_messages, encode_messages
+from ledger.raft.wire import decode_messages, encode_messages, frames
 
 ALL = [
     RequestVote(3, "n1", "n2", 10, 2, pre_vote=True),
@@ -102,3 +102,24 @@ def test_membership_decoding_is_strict() -> None:
     ]:
         with pytest.raises(error):
             Membership.decode(bad)
+
+
+def test_a_large_append_travels_in_frames_a_follower_takes_in_order() -> None:
+    entries = tuple(Entry(i, 3, EntryKind.BATCH, bytes([i]) * (100 * i)) for i in range(5, 15))
+    big = AppendEntries(3, "n1", "n2", 4, 2, entries, commit=9)
+    vote = VoteReply(3, "n1", "n3", granted=False, pre_vote=False)
+    out = frames([vote, big, vote], max_bytes=2500)
+    assert len(out) > 2
+    flat = [m for f in out for m in f]
+    assert flat[0] == vote and flat[-1] == vote
+    pieces = [m for m in flat if isinstance(m, AppendEntries)]
+    assert tuple(e for p in pieces for e in p.entries) == entries
+    # Each piece names the entry before it, as the whole message did for its first.
+    assert [(p.prev_index, p.prev_term) for p in pieces] == \
+        [(4, 2)] + [(p.entries[-1].index, 3) for p in pieces[:-1]]
+    assert all(p.commit == 9 and p.term == 3 for p in pieces)
+    for f in out:  # within the budget, but for an entry larger than it alone
+        pieces_in = [m for m in f if isinstance(m, AppendEntries)]
+        size = sum(len(e.data or b"") for m in pieces_in for e in m.entries)
+        assert size <= 2500 or (len(pieces_in) == 1 and len(pieces_in[0].entries) == 1)
+    assert frames([], 100) == [] and frames([vote], 100) == [[vote]]

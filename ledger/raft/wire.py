@@ -73,6 +73,52 @@ def _to_wire(m: Message) -> list[Any]:
     raise TypeError(f"not a Raft message: {type(m).__name__}")
 
 
+def frames(messages: Iterable[Message], max_bytes: int) -> list[list[Message]]:
+    """The messages in frames of about max_bytes of payload each, in order: a large
+    AppendEntries (a follower catching up is sent up to 64 batches at once) is split at
+    entry boundaries into consecutive ones, each naming the entry before it. A single
+    entry larger than max_bytes travels alone."""
+    out: list[list[Message]] = [[]]
+    room = max_bytes
+    for m in messages:
+        pieces = _split_append(m, max_bytes) if isinstance(m, AppendEntries) else [m]
+        for piece in pieces:
+            size = _payload_size(piece)
+            if out[-1] and size > room:
+                out.append([])
+                room = max_bytes
+            out[-1].append(piece)
+            room -= size
+    return [f for f in out if f]
+
+
+def _payload_size(m: Message) -> int:
+    if isinstance(m, AppendEntries):
+        return 64 + sum(16 + len(e.data or b"") for e in m.entries)
+    return 64
+
+
+def _split_append(m: AppendEntries, max_bytes: int) -> list[AppendEntries]:
+    if _payload_size(m) <= max_bytes:
+        return [m]
+    pieces: list[AppendEntries] = []
+    prev_index, prev_term = m.prev_index, m.prev_term
+    chunk: list[Entry] = []
+    room = max_bytes - 64
+    for e in m.entries:
+        size = 16 + len(e.data or b"")
+        if chunk and size > room:
+            pieces.append(AppendEntries(m.term, m.src, m.dst, prev_index, prev_term,
+                                        tuple(chunk), m.commit))
+            prev_index, prev_term = chunk[-1].index, chunk[-1].term
+            chunk, room = [], max_bytes - 64
+        chunk.append(e)
+        room -= size
+    pieces.append(AppendEntries(m.term, m.src, m.dst, prev_index, prev_term, tuple(chunk),
+                                m.commit))
+    return pieces
+
+
 def decode_messages(data: bytes, *, max_size: int = MAX_FRAME) -> list[Message]:
     value = unpack(data, max_size=max_size)
     if type(value) is not list or (value and type(value[0]) is tuple):  # tuples: a map
