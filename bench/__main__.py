@@ -9,7 +9,8 @@ import time
 
 SUITES = ["bench.bench_merkle", "bench.bench_events", "bench.bench_smt", "bench.bench_node",
           "bench.bench_status", "bench.bench_sdk", "bench.bench_cluster",
-          "bench.bench_raft", "bench.bench_replay", "bench.bench_audit"]
+          "bench.bench_catch_up", "bench.bench_raft", "bench.bench_replay",
+          "bench.bench_audit"]
 
 
 def main() -> None:
