@@ -28,7 +28,7 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
     try:
         response = await handler(request)
     except ProblemResponse as exc:
-        response = exc
+        response = web.Response(status=exc.status, body=exc.body, headers=exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

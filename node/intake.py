@@ -1,11 +1,10 @@
 """Pushback before the costly part: a budget for request bodies being read and decoded.
 
 The write queue's bound (the sequencer's) counts events only once they are decoded and
-checked; the decoding itself happens on the event loop, one request body after another.
-When hundreds of clients send at once, hundreds of bodies would be decoded back to back,
-and everything else on the loop (a cluster's heartbeats, a follower's acknowledgements,
-status reads) would wait behind them: with 256 clients a leader lost its leadership
-that way. So a request whose body would take the bytes in intake over the budget is
+checked; the decoding itself happens on the event loop (one body per turn of the loop,
+node/api.py) or in the decoding process. When hundreds of clients send at once, hundreds
+of bodies would wait in memory to be decoded, and their clients far longer than a retry
+would take. So a request whose body would take the bytes in intake over the budget is
 refused at once with 503 and Retry-After, before its body is read; clients retry.
 """
 
