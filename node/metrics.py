@@ -46,6 +46,8 @@ class Metrics:
     tree_size: int = 0
     requests: dict[str, int] = dataclasses.field(default_factory=dict)
     decoded_in_process: dict[str, int] = dataclasses.field(default_factory=dict)
+    snapshots_installed: int = 0  # a cluster member's catch-ups from tiles
+    entries_from_tiles: int = 0
     batch_sizes: _Histogram = dataclasses.field(default_factory=lambda: _Histogram(_BATCH_BUCKETS))
     commit_seconds: _Histogram = dataclasses.field(
         default_factory=lambda: _Histogram(_LATENCY_BUCKETS))
@@ -64,6 +66,10 @@ class Metrics:
     def count_request(self, status: int) -> None:
         key = f"{status // 100}xx"
         self.requests[key] = self.requests.get(key, 0) + 1
+
+    def caught_up_from_tiles(self, entries: int) -> None:
+        self.snapshots_installed += 1
+        self.entries_from_tiles += entries
 
     def count_decoded(self, kind: str) -> None:
         self.decoded_in_process[kind] = self.decoded_in_process.get(kind, 0) + 1
@@ -99,6 +105,14 @@ class Metrics:
                   "# TYPE consent_ledger_decoded_in_process_total counter"]
         lines += [f'consent_ledger_decoded_in_process_total{{kind="{k}"}} {v}'
                   for k, v in sorted(self.decoded_in_process.items())]
+        lines += ["# HELP consent_ledger_snapshots_installed_total Raft snapshots this "
+                  "cluster member installed, catching up from tiles.",
+                  "# TYPE consent_ledger_snapshots_installed_total counter",
+                  f"consent_ledger_snapshots_installed_total {self.snapshots_installed}",
+                  "# HELP consent_ledger_entries_from_tiles_total Entries fetched from tiles "
+                  "and checked while installing them.",
+                  "# TYPE consent_ledger_entries_from_tiles_total counter",
+                  f"consent_ledger_entries_from_tiles_total {self.entries_from_tiles}"]
         lines += self.batch_sizes.render("consent_ledger_commit_entries",
                                          "Entries per group commit.")
         lines += self.commit_seconds.render("consent_ledger_commit_seconds",

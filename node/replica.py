@@ -553,6 +553,7 @@ class Replica:
         self._dirty = False
         self._installing = False
         self.cosigner.entries_persisted()
+        self._rt.metrics.caught_up_from_tiles(size - keep)
         log.info("caught up from tiles", extra={
             "raft_index": snapshot.index, "size": size, "fetched": size - keep,
             "seconds": round(time.perf_counter() - started, 3)})

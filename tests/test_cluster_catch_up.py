@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -100,6 +101,10 @@ def test_a_member_away_past_the_compaction_point_catches_up_from_tiles(
         # lose the latest); the rest came from tiles.
         assert held < installs[0]["size"] <= size
         assert 0 < installs[0]["size"] - installs[0]["fetched"] <= held
+        metrics = urllib.request.urlopen(cluster.url(away) + "/metrics").read().decode()
+        assert f"consent_ledger_snapshots_installed_total {len(installs)}" in metrics
+        fetched = sum(int(str(i["fetched"])) for i in installs)
+        assert f"consent_ledger_entries_from_tiles_total {fetched}" in metrics
         # Replication goes on from the snapshot: later writes reach it as usual.
         size = asyncio.run(write_batches(cluster, leader, 2, first=40))
         cluster.wait_published(away, size)
