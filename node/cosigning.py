@@ -78,6 +78,10 @@ class Cosigner:
     def cosigned_size(self) -> int:
         return self._guard.last_size
 
+    def agrees_with(self, tree: MerkleTree) -> bool:
+        """Whether `tree` holds what this member last cosigned (or does not reach it)."""
+        return self._guard.agrees_with(tree.size, tree.root)
+
     # ---------------------------------------------------------------- as a member
 
     def _open(self, note: bytes) -> Checkpoint:

@@ -529,9 +529,14 @@ class Replica:
         for url in itertools.cycle(sources):
             try:
                 await self._fetch_checked(url, state, tree, size)
-                if tree.root(size) == checkpoint.root:
-                    break
-                raise _Refused(f"{url}: the entries do not make the snapshot's root")
+                if tree.root(size) != checkpoint.root:
+                    raise _Refused(f"{url}: the entries do not make the snapshot's root")
+                if not self.cosigner.agrees_with(tree):
+                    # A majority cosigned a history this member cosigned otherwise: a fork
+                    # it must never take part in; it keeps asking, and refusing, loudly.
+                    raise _Refused(f"{url}: the entries differ from what this member "
+                                   f"cosigned at size {self.cosigner.cosigned_size}")
+                break
             except CatchUpError as exc:
                 log.warning("catching up from tiles: a source failed",
                             extra={"source": url, "error": str(exc)})

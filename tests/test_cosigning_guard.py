@@ -41,3 +41,13 @@ def test_restored_state_is_honoured() -> None:
     guard = CosignGuard(5, ROOTS[5])
     with pytest.raises(CosignRefused):
         check(guard, 2, ROOTS[2])
+
+
+def test_a_log_agrees_if_it_holds_the_last_cosigned_head_or_does_not_reach_it() -> None:
+    # What a member catching up from tiles checks before it takes the entries it fetched.
+    other = [hashlib.sha256(b"other %d" % i).digest() for i in range(10)]
+    assert CosignGuard().agrees_with(0, ROOTS.__getitem__)
+    guard = CosignGuard(5, ROOTS[5])
+    assert guard.agrees_with(9, ROOTS.__getitem__)
+    assert guard.agrees_with(4, other.__getitem__)  # not that far yet
+    assert not guard.agrees_with(9, other.__getitem__)  # another history at size 5

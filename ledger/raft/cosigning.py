@@ -40,6 +40,12 @@ class CosignGuard:
     def last_root(self) -> bytes | None:
         return self._last_root
 
+    def agrees_with(self, local_size: int, local_root_at: Callable[[int], bytes]) -> bool:
+        """Whether a log of local_size entries holds the last cosigned tree head (or does
+        not reach it yet): else every later check of this log refuses."""
+        size = self._last_size
+        return size == 0 or size > local_size or local_root_at(size) == self._last_root
+
     def check(self, size: int, root: bytes, *, local_size: int,
               local_root_at: Callable[[int], bytes]) -> None:
         if size < self._last_size:
