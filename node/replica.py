@@ -186,7 +186,8 @@ class Replica:
     @property
     def is_leader(self) -> bool:
         """Leader, and its ledger in memory is the one on disk: it may sequence."""
-        return self.raft.role == "leader" and self.failed is None and not self._dirty
+        return (self.raft.role == "leader" and self.failed is None and not self._dirty
+                and not self._installing)
 
     def leader_url(self) -> str | None:
         leader = self.raft.leader_id
@@ -344,7 +345,8 @@ class Replica:
             # own, now, or reads wait for the next write.
             self._own = None
             self._publish.set()
-            if self._rt.state.size == 0 and self.cluster.genesis is not None:
+            if self._rt.state.size == 0 and self.cluster.genesis is not None \
+                    and not self._installing:  # installing: its log is not empty
                 self._tasks.append(asyncio.create_task(self._submit_genesis(), name="genesis"))
         if self._was_leader and not leader:
             log.info("lost leadership", extra={"term": self.raft.term,
