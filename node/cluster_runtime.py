@@ -86,7 +86,8 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
             # Each member re-verifies a batch in one go on its event loop: smaller batches
             # keep its heartbeats and votes flowing under load.
             max_commit_entries=min(config.max_commit_entries, CLUSTER_MAX_BATCH),
-            max_in_flight=CLUSTER_IN_FLIGHT)
+            max_in_flight=CLUSTER_IN_FLIGHT,
+            may_sequence=lambda: bool(holder) and holder[0].is_leader)
         sequencer.committed_size = published
         operator = state.keys[state.operator_key_id].public_key \
             if state.operator_key_id is not None else b""

@@ -391,6 +391,12 @@ class Replica:
             self._fail_waiters(lambda i: i > after,
                                "the write was overwritten by a new leader; resubmit it")
             self._dirty = True
+        first_batch = next((e for e in rd.entries if e.kind == EntryKind.BATCH), None)
+        if first_batch is not None and first_batch.index not in self._proposed \
+                and self._rt.state.size != self._ends.get(rd.entries[0].index - 1, 0):
+            # A leader's batch, and memory holds entries the log does not (this member
+            # admitted writes as the leader it no longer is): back to the log first.
+            self._dirty = True
         if self._dirty:
             await self._reload()
         rows: list[RaftRow] = []

@@ -114,8 +114,12 @@ class Sequencer:
         max_commit_entries: int,
         max_in_flight: int = 1,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        may_sequence: Callable[[], bool] = lambda: True,
     ) -> None:
         self._state = state
+        # A cluster member sequences only while it leads: what it admitted otherwise would
+        # put its ledger in memory ahead of its log, under its new leader's batches.
+        self._may_sequence = may_sequence
         self._tree = tree
         self._commit = commit
         self._metrics = metrics
@@ -268,6 +272,10 @@ class Sequencer:
                 await self._readers_gone.wait()
             if not self._queue:
                 return
+        if not self._may_sequence():
+            self._fail_pending(UnavailableError("this member no longer leads the cluster; "
+                                                "retry: writes are idempotent"))
+            return
         state, tree = self._state, self._tree
         old_size = tree.size
         now = max(self._clock_ms(), state.last_time)  # a clock stepped back must not show
@@ -296,6 +304,8 @@ class Sequencer:
             taken.append((p, outcome))
             if len(taken) % ADMIT_CHUNK == 0:
                 await asyncio.sleep(0)  # requests, replication and replies in between
+                if not self._may_sequence():
+                    break  # what was taken fails at its commit; the rest at the next batch
         self._metrics.queue_depth = len(self._queue)
         commit: asyncio.Future[bytes] | None = None
         if rows:
