@@ -52,3 +52,22 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
             raise ReplyError(f"{resp.url.path}: reply is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+
+async def get_capped(session: aiohttp.ClientSession, url: str, limit: int, *,
+                     timeout: float | None = None) -> bytes:
+    """The body of a 200 answer to GET url, read as read_capped does; anything else
+    (another status, no answer, a body over the limit) is a ReplyError naming the URL."""
+    request = (session.get(url) if timeout is None
+               else session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)))
+    try:
+        async with request as resp:
+            if resp.status != 200:
+                raise ReplyError(f"GET {url} answered {resp.status}")
+            try:
+                return await read_capped(resp, limit)
+            except ReplyError as exc:
+                raise ReplyError(f"GET {url}: {exc}") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise ReplyError(f"GET {url}: {exc or type(exc).__name__}") from None

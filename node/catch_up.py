@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp
 
 from client.errors import ReplyError
-from client.http_session import read_capped
+from client.http_session import get_capped
 from ledger.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint
 from ledger.errors import LedgerError
 from ledger.note import Ed25519Verifier, split_note
@@ -93,11 +93,6 @@ async def entry_chunks(session: aiohttp.ClientSession, url: str, start: int, siz
 
 async def _get(session: aiohttp.ClientSession, url: str) -> bytes:
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
-            if resp.status != 200:
-                raise CatchUpError(f"GET {url} answered {resp.status}")
-            return await read_capped(resp, MAX_BUNDLE_SIZE)
+        return await get_capped(session, url, MAX_BUNDLE_SIZE, timeout=30)
     except ReplyError as exc:
-        raise CatchUpError(f"GET {url}: {exc}") from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise CatchUpError(f"GET {url}: {exc or type(exc).__name__}") from None
+        raise CatchUpError(str(exc)) from None

@@ -33,7 +33,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.errors import ReplyError
-from client.http_session import read_capped
+from client.http_session import get_capped
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.cosignature import (
     CosignatureSigner,
@@ -410,16 +410,10 @@ class Mirror:
             log.error("mirror refused the log's checkpoint: %s; evidence in %s", refusal, where)
 
     async def _get(self, session: aiohttp.ClientSession, path: str, limit: int) -> bytes:
-        url = f"{self.log_url}/{path}"
         try:
-            async with session.get(url) as resp:
-                if resp.status != 200:
-                    raise PullError(f"GET {url} answered {resp.status}")
-                return await read_capped(resp, limit)
+            return await get_capped(session, f"{self.log_url}/{path}", limit)
         except ReplyError as exc:
-            raise PullError(f"GET {url}: {exc}") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise PullError(f"GET {url}: {exc or type(exc).__name__}") from None
+            raise PullError(str(exc)) from None
 
     # ------------------------------------------------------------ the witness
 

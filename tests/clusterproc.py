@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -9,8 +10,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from nodeproc import NodeProcess
 
+from client.verify_log import verify_log
 from node.cluster_cli import init_cluster
 from node.cluster_config import ClusterConfig
 
@@ -75,6 +78,15 @@ class LocalCluster:
                 return info
             time.sleep(0.02)  # polling a condition with a deadline
         raise AssertionError(f"{member} did not reach size {size}: {self.info(member)}")
+
+    def verified_size(self, member: str) -> int:
+        """The size of the member's log, every entry checked from genesis (verify_log)."""
+        async def verify() -> int:
+            async with aiohttp.ClientSession() as s:
+                verified = await verify_log(s, self.url(member), self.config.log_key)
+            return verified.checkpoint.size
+
+        return asyncio.run(verify())
 
     def kill(self, member: str) -> None:
         self.members[member].kill()

@@ -17,7 +17,6 @@ from clusterproc import LocalCluster
 from factories import grant
 from nodeclient import now_ms, post, register_controller
 
-from client.verify_log import verify_log
 from ledger.signed import sign_batch
 from node.cluster_cli import free_ports
 
@@ -110,12 +109,7 @@ def test_a_member_away_past_the_compaction_point_catches_up_from_tiles(
         cluster.wait_published(away, size)
         assert log_lines(cluster, away, "caught up from tiles") == installs
 
-        async def verified_size() -> int:
-            async with aiohttp.ClientSession() as s:
-                verified = await verify_log(s, cluster.url(away), cluster.config.log_key)
-            return verified.checkpoint.size
-
-        assert asyncio.run(verified_size()) >= size
+        assert cluster.verified_size(away) >= size
     finally:
         cluster.stop_all()
     # Its entries are the leader's, byte for byte (leaf hashes), and nothing else.

@@ -13,7 +13,6 @@ from factories import grant
 from nodeclient import now_ms, post, register_controller
 from test_snapshots import recoveries, snapshot_sizes
 
-from client.verify_log import verify_log
 from ledger.signed import sign_batch
 from node.snapshots import due_after
 
@@ -83,11 +82,6 @@ def test_members_snapshot_what_was_published_and_restart_from_it(tmp_path: Path)
         assert recovered["replayed"] == recovered["size"] - recovered["snapshot"]
         assert recovered["replayed"] < recovered["size"] - EVERY
         # What it serves after catching up is the whole log, verified from genesis.
-        async def verified_size() -> int:
-            async with aiohttp.ClientSession() as s:
-                verified = await verify_log(s, cluster.url(follower), cluster.config.log_key)
-            return verified.checkpoint.size
-
-        assert asyncio.run(verified_size()) >= size
+        assert cluster.verified_size(follower) >= size
     finally:
         cluster.stop_all()
