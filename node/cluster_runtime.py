@@ -87,7 +87,8 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
             # keep its heartbeats and votes flowing under load.
             max_commit_entries=min(config.max_commit_entries, CLUSTER_MAX_BATCH),
             max_in_flight=CLUSTER_IN_FLIGHT,
-            may_sequence=lambda: bool(holder) and holder[0].is_leader)
+            may_sequence=lambda: bool(holder) and holder[0].is_leader
+            and not holder[0].raft.transferring)
         sequencer.committed_size = published
         operator = state.keys[state.operator_key_id].public_key \
             if state.operator_key_id is not None else b""

@@ -351,11 +351,19 @@ class Replica:
         if self._was_leader and not leader:
             log.info("lost leadership", extra={"term": self.raft.term,
                                                "leader": self.raft.leader_id})
-            self._dirty = True
+            if self._rt.state.size != self._size_in_memory():
+                # Writes admitted into memory but never proposed: back to the log. (What
+                # was proposed is in the log; a new leader that overwrites it truncates.)
+                self._dirty = True
             self._fail_waiters(lambda i: True, "leadership changed while this write was "
                                "being replicated; it may be committed: resubmit it (writes are "
                                "idempotent)")
         self._was_leader = leader
+
+    def _size_in_memory(self) -> int | None:
+        """The ledger's size after the last Raft entry memory holds, as the log says."""
+        proposed = self._proposed.get(self._state_last)
+        return proposed[-1][0] + 1 if proposed else self._ends.get(self._state_last)
 
     async def _submit_genesis(self) -> None:
         assert self.cluster.genesis is not None

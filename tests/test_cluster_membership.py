@@ -233,3 +233,20 @@ def test_the_leader_shows_how_far_each_voter_has_caught_up(tmp_path: Path) -> No
         assert caught_up["n4"]["match"] == last
     finally:
         cluster.stop_all()
+
+
+def test_a_leader_handing_over_in_a_quiet_log_keeps_its_ledger_in_memory(
+        cluster: LocalCluster) -> None:
+    # Its memory is its log: replaying the log from disk (seconds of CPU on a long one)
+    # would buy nothing. Under writes it still reloads if it admitted some it could not
+    # propose any more.
+    old = cluster.wait_leader(among=["n1", "n2", "n3"])
+    rest = sorted({"n1", "n2", "n3"} - {old})
+    result = cli("cluster", "remove", "--dir", str(cluster.dir), "--member", old,
+                 "--via", cluster.url(old))
+    assert result.returncode == 0, result.stderr
+    cluster.wait_leader(among=rest)
+    _wait(lambda: _voters(cluster, old) == rest, f"{old} never learnt it was removed")
+    lines = cluster.members[old].stderr().splitlines()
+    assert any('"lost leadership"' in line for line in lines)
+    assert not any('"reloaded the ledger from disk"' in line for line in lines)

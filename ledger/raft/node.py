@@ -158,6 +158,11 @@ class RaftNode:
     def membership(self) -> Membership:
         return self._membership
 
+    @property
+    def transferring(self) -> bool:
+        """A leader handing leadership over: it refuses proposals meanwhile."""
+        return self._role == LEADER and self._transfer_to is not None
+
     def voter_match_indexes(self) -> dict[str, int]:
         """The leader's view of how far each other voter's log matches its own (empty
         on a follower or candidate)."""
