@@ -584,12 +584,10 @@ class Replica:
         """Entries from tree.size to size from `url`, each checked and applied, staged."""
         async for chunk in entry_chunks(self.session, url, tree.size, size):
             try:
-                entries = []
-                for index, raw in chunk:
-                    entry = LogEntry.decode(raw)
+                entries = await _decode_entries([raw for _, raw in chunk])
+                for (index, _), entry in zip(chunk, entries, strict=True):
                     if entry.index != index:
                         raise LedgerError(f"entry {index} says it is entry {entry.index}")
-                    entries.append(entry)
                 rows = await self._check(entries, state, tree)
             except LedgerError as exc:
                 raise _Refused(f"{url}: {exc}") from None
@@ -630,12 +628,8 @@ class Replica:
             decoded = await started[1]
             if decoded is not None:
                 return decoded
-        raws = batch_entries(payload)  # refused, small, or no process: decoded here
-        entries: list[LogEntry] = []
-        for chunk in range(0, len(raws), _CHUNK):
-            entries.extend(LogEntry.decode(r) for r in raws[chunk:chunk + _CHUNK])
-            await asyncio.sleep(0)  # let peers' messages and requests in between
-        return entries
+        # Refused, small, or no process: decoded here.
+        return await _decode_entries(batch_entries(payload))
 
     async def _reload(self) -> None:
         """Rebuild the ledger in memory from what is durable (after a truncation)."""
@@ -772,6 +766,15 @@ class Replica:
                 self._rt.sequencer.published(size, note)
             except Exception as exc:
                 log.warning("re-cosigning failed", extra={"error": str(exc)})
+
+
+async def _decode_entries(raws: list[bytes]) -> list[LogEntry]:
+    """Entries decoded strictly, _CHUNK at a time with the event loop free in between."""
+    entries: list[LogEntry] = []
+    for chunk in range(0, len(raws), _CHUNK):
+        entries.extend(LogEntry.decode(r) for r in raws[chunk:chunk + _CHUNK])
+        await asyncio.sleep(0)  # let peers' messages and requests in between
+    return entries
 
 
 class _Refused(CatchUpError):

@@ -14,30 +14,11 @@ import aiohttp
 from aiohttp import web
 from cliutil import cli
 from clusterproc import LocalCluster
-from factories import grant
-from nodeclient import now_ms, post, register_controller
+from test_cluster_snapshots import write_batches
 
-from ledger.signed import sign_batch
 from node.cluster_cli import free_ports
 
 KEEP = 4  # Raft rows kept behind the commit point: a few batches make a long absence
-
-
-async def write_batches(cluster: LocalCluster, member: str, count: int, first: int,
-                        per_batch: int = 10) -> int:
-    """`count` requests of `per_batch` grants each (a Raft entry each, if small); the
-    last checkpoint size."""
-    async with aiohttp.ClientSession() as s:
-        key = await register_controller(s, cluster.url(member), cluster.operator_key)
-        size = 0
-        for b in range(first, first + count):
-            t = now_ms()
-            events = [grant(subject=bytes([b]) * 28 + i.to_bytes(4, "big"), consented_at=t,
-                            valid_until=t + 10**9) for i in range(per_batch)]
-            status, body, _ = await post(s, cluster.url(member), sign_batch(events, key))
-            assert status == 200, body
-            size = int(body["checkpoint"].split("\n")[1])
-        return size
 
 
 def log_lines(cluster: LocalCluster, member: str, message: str) -> list[dict[str, object]]:

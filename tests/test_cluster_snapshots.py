@@ -31,15 +31,17 @@ def wait_for_snapshot(cluster: LocalCluster, member: str, above: int,
                          f"{snapshot_sizes(cluster.members[member])}")
 
 
-async def write_batches(cluster: LocalCluster, member: str, count: int, first: int) -> int:
-    """`count` requests of 10 grants each, one after the other; the last checkpoint size."""
+async def write_batches(cluster: LocalCluster, member: str, count: int, first: int,
+                        per_batch: int = 10) -> int:
+    """`count` requests of `per_batch` grants each (a Raft entry each, if small), one
+    after the other; the last checkpoint size."""
     async with aiohttp.ClientSession() as s:
         key = await register_controller(s, cluster.url(member), cluster.operator_key)
         size = 0
         for b in range(first, first + count):
             t = now_ms()
-            events = [grant(subject=bytes([b, i]) * 16, consented_at=t, valid_until=t + 10**9)
-                      for i in range(10)]
+            events = [grant(subject=bytes([b]) * 28 + i.to_bytes(4, "big"), consented_at=t,
+                            valid_until=t + 10**9) for i in range(per_batch)]
             status, body, _ = await post(s, cluster.url(member), sign_batch(events, key))
             assert status == 200, body
             size = int(body["checkpoint"].split("\n")[1])

@@ -738,12 +738,12 @@ class RaftNode:
         if not self._heard_from_leader(msg):
             return
         snap = msg.snapshot
-        log = self._log
-        if snap.index <= self._commit or log.term_at(snap.index) == snap.term:
-            # Already held (committed, or matching: the log agrees up to there).
-            if log.term_at(snap.index) == snap.term:
+        matches = self._log.term_at(snap.index) == snap.term
+        if matches or snap.index <= self._commit:
+            # Already held: the log agrees up to there, or it is committed here.
+            if matches:
                 self._commit = max(self._commit, snap.index)
-            match = snap.index if log.term_at(snap.index) == snap.term else self._commit
+            match = snap.index if matches else self._commit
             self._send_when_durable(AppendReply(self._term, self._id, msg.src, success=True,
                                                 match_index=match, hint_index=0,
                                                 refused=False))
