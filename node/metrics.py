@@ -46,6 +46,8 @@ class Metrics:
     tree_size: int = 0
     requests: dict[str, int] = dataclasses.field(default_factory=dict)
     decoded_in_process: dict[str, int] = dataclasses.field(default_factory=dict)
+    storage_failures: int = 0  # commits that failed: writes were suspended
+    storage_recoveries: int = 0  # a single node resumed writes after one
     snapshots_installed: int = 0  # a cluster member's catch-ups from tiles
     entries_from_tiles: int = 0
     batch_sizes: _Histogram = dataclasses.field(default_factory=lambda: _Histogram(_BATCH_BUCKETS))
@@ -95,6 +97,14 @@ class Metrics:
             "# HELP consent_ledger_tree_size Size of the latest committed tree.",
             "# TYPE consent_ledger_tree_size gauge",
             f"consent_ledger_tree_size {self.tree_size}",
+            "# HELP consent_ledger_storage_failures_total Commits that failed to reach "
+            "disk (writes suspended until it takes them again).",
+            "# TYPE consent_ledger_storage_failures_total counter",
+            f"consent_ledger_storage_failures_total {self.storage_failures}",
+            "# HELP consent_ledger_storage_recoveries_total Times writes resumed after a "
+            "storage failure, the ledger reloaded from disk.",
+            "# TYPE consent_ledger_storage_recoveries_total counter",
+            f"consent_ledger_storage_recoveries_total {self.storage_recoveries}",
             "# HELP consent_ledger_http_responses_total HTTP responses by status class.",
             "# TYPE consent_ledger_http_responses_total counter",
         ]

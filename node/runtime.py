@@ -28,8 +28,9 @@ from node.local_commit import local_commit
 from node.metrics import Metrics
 from node.recovery import recover
 from node.sequencer import Sequencer
+from node.sequencing import sequence_through_failures
 from node.snapshots import Snapshotter
-from node.storage import Storage
+from node.storage import Storage, StorageError
 from node.verifier import SignatureVerifier
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ async def stop_sequencing(sequencer: Sequencer, task: asyncio.Task[None],
     wal_task.cancel()
     await asyncio.gather(wal_task, return_exceptions=True)
     await sequencer.drain()
+    if not sequencer.healthy:  # nothing in flight: it waits for a failed disk
+        task.cancel()
     try:
         await asyncio.wait_for(task, timeout=timeout)
     except (TimeoutError, asyncio.CancelledError):
@@ -125,39 +128,57 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
 
         state, tree, checkpoint = await recover(storage, open_note)
         settle_loaded_state()
+        genesis = None
+        if state.size == 0:
+            # The operator key is needed once, here; after genesis it may live offline.
+            operator_key = key_file(config.operator_key_path)
+            genesis = sign_event(Genesis(origin=origin, operator_key=public_bytes(operator_key),
+                                         created_at=time.time_ns() // 1_000_000,
+                                         max_skew_ms=config.max_skew_ms), operator_key)
+            operator_public = public_bytes(operator_key)
+        else:
+            assert state.operator_key_id is not None  # genesis is entry 0
+            operator_public = state.keys[state.operator_key_id].public_key
         metrics = Metrics(tree_size=tree.size)
         snapshots = Snapshotter(storage, every=config.snapshot_every,
                                 nice=config.snapshot_nice)
         sequencer = Sequencer(
             state=state, tree=tree,
-            commit=local_commit(storage, tree, origin, lambda cp: sign_checkpoint(cp, signer),
-                                snapshots=snapshots),
+            commit=local_commit(storage, lambda: rt.tree, origin,
+                                lambda cp: sign_checkpoint(cp, signer), snapshots=snapshots),
             checkpoint=checkpoint or sign_checkpoint(Checkpoint(origin, 0, tree.root()), signer),
             metrics=metrics, max_queue=config.max_queue,
             max_commit_entries=config.max_commit_entries,
         )
-        task = asyncio.create_task(sequencer.run(), name="sequencer")
+        rt = NodeRuntime(config, origin, log_vkey, operator_public, storage, state, tree,
+                         sequencer, verifier, metrics)
+
+        async def reload() -> tuple[LedgerState, MerkleTree, bytes]:
+            state, tree, checkpoint = await recover(storage, open_note)
+            if checkpoint is None:
+                raise StorageError("the reloaded log has no checkpoint")
+            return state, tree, checkpoint
+
+        def on_resumed(state: LedgerState, tree: MerkleTree) -> None:
+            rt.state, rt.tree = state, tree
+            metrics.storage_recoveries += 1
+
+        task = asyncio.create_task(sequence_through_failures(
+            sequencer, probe=storage.probe_write, reload=reload, on_resumed=on_resumed),
+            name="sequencer")
         wal_task = asyncio.create_task(
-            housekeeping_every(storage, lambda: state.size, 1.0), name="housekeeping")
+            housekeeping_every(storage, lambda: rt.state.size, 1.0), name="housekeeping")
         try:
-            if state.size == 0:
-                # The operator key is needed once, here; after genesis it may live offline.
-                operator_key = key_file(config.operator_key_path)
-                genesis = Genesis(origin=origin, operator_key=public_bytes(operator_key),
-                                  created_at=time.time_ns() // 1_000_000,
-                                  max_skew_ms=config.max_skew_ms)
-                await sequencer.submit([(sign_event(genesis, operator_key), False)])
+            if genesis is not None:
+                await sequencer.submit([(genesis, False)])
                 log.info("created log", extra={"origin": origin})
-            assert state.operator_key_id is not None  # genesis is entry 0
-            operator_public = state.keys[state.operator_key_id].public_key
-            decoder = await DecodeWorker.start(metrics.count_decoded) \
+            rt.decoder = await DecodeWorker.start(metrics.count_decoded) \
                 if config.decode_process else None
             try:
-                yield NodeRuntime(config, origin, log_vkey, operator_public, storage,
-                                  state, tree, sequencer, verifier, metrics, decoder=decoder)
+                yield rt
             finally:
-                if decoder is not None:
-                    await decoder.close()
+                if rt.decoder is not None:
+                    await rt.decoder.close()
         finally:
             await stop_sequencing(sequencer, task, wal_task, timeout=30)
             await snapshots.close()  # a build in progress is stopped: a cache, not the log

@@ -154,7 +154,11 @@ class Sequencer:
                ) -> asyncio.Future[list[Outcome]]:
         """Queue (event, signature already verified) pairs; the future gives their
         outcomes, in order, once every one is durable (or refused)."""
-        if self._failed is not None or self._closing:
+        if self._failed is not None:
+            raise UnavailableError(f"writes are suspended after a storage failure "
+                                   f"({self._failed}); they resume once the disk takes "
+                                   "them again")
+        if self._closing:
             raise UnavailableError("the node is not accepting writes")
         if len(self._queue) + len(items) > self._max_queue:
             self._metrics.overloaded += 1
@@ -221,6 +225,26 @@ class Sequencer:
     def healthy(self) -> bool:
         return self._failed is None
 
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the sequencer stopped taking writes (a storage failure), or None."""
+        return self._failed
+
+    def resume(self, state: LedgerState, tree: MerkleTree, checkpoint: bytes) -> None:
+        """Take writes again after a storage failure, onto the ledger reloaded from disk
+        and its checkpoint (memory held the batch that failed); then run `run()` again.
+
+        The disk may hold that batch after all (a commit can fail after its data went
+        down): its writers were told to retry, and a retry finds their events logged."""
+        if self._failed is None or self._in_flight:
+            raise RuntimeError("resume() is for a sequencer stopped by a failure")
+        if tree.size < self.committed_size or state.size != tree.size:
+            raise RuntimeError(f"the reloaded ledger holds {tree.size} entries, fewer "
+                               f"than the {self.committed_size} acknowledged")
+        self._state, self._tree = state, tree
+        self.committed_size, self.checkpoint = tree.size, checkpoint
+        self._failed = None
+
     # ---------------------------------------------------------------- the loop
 
     async def run(self) -> None:
@@ -245,10 +269,12 @@ class Sequencer:
                 task.cancel()
             raise
         except BaseException as exc:
-            # State is now ahead of disk: stop taking writes; a restart recovers from disk.
+            # State is now ahead of disk: stop taking writes until the ledger is reloaded
+            # from disk (node/sequencing.py on one node; a restart on a cluster member).
             if exc is not self._failed:
                 log.exception("sequencer stopped: storage failure")
             self._failed = exc
+            self._metrics.storage_failures += 1
             self._map_stable.set()  # release status readers: they see `healthy` is false
             self._fail_pending(UnavailableError(f"storage failure: {exc}"))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,10 @@ class Storage:
     async def set_meta(self, key: str, value: bytes) -> None:
         await self.write(lambda db: db.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value)))
+
+    async def probe_write(self) -> None:
+        """One small synced write: whether the disk takes writes again after a failure."""
+        await self.set_meta("write_probe", str(time.time_ns()).encode())
 
     async def commit_batch(
         self,

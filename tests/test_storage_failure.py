@@ -1,0 +1,119 @@
+"""A disk that stops taking writes: a node refuses writes clearly, loses nothing, keeps
+serving reads, and resumes by itself once the disk takes writes again.
+
+The failure is real: the node process's file size limit (RLIMIT_FSIZE) is lowered to one
+byte, so every write SQLite makes past the start of a file fails with EFBIG, as writes
+fail on a full disk. Lifting the limit is freeing the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from factories import grant
+from nodeclient import now_ms, post, register_controller
+from nodeproc import NodeProcess
+
+from client.verify_log import verify_log
+from ledger.signed import SignedEvent, sign_batch
+
+BATCH = 40
+
+
+def _batch(key: Ed25519PrivateKey, tag: int) -> list[SignedEvent]:
+    t = now_ms()
+    return sign_batch([grant(subject=tag.to_bytes(4, "big") + bytes([i]) * 28, consented_at=t,
+                             valid_until=t + 10**9) for i in range(BATCH)], key)
+
+
+def _limit_file_size(pid: int, soft: int) -> None:
+    _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
+
+
+async def _metric(session: aiohttp.ClientSession, url: str, name: str) -> int:
+    async with session.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_writes_are_refused_while_the_disk_fails_and_resume_once_it_takes_them(
+        tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "data", "--origin", "test.example/full-disk")
+    node.start()
+    assert node.proc is not None
+    pid = node.proc.pid
+    acked: dict[bytes, int] = {}
+
+    async def write(session: aiohttp.ClientSession, batch: list[SignedEvent]
+                    ) -> tuple[int, Any, Any]:
+        status, body, headers = await post(session, node.url, batch)
+        if status == 200:
+            for signed, result in zip(batch, body["results"], strict=True):
+                acked[signed.id] = result["index"]
+        return status, body, headers
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with aiohttp.ClientSession() as s:
+            key = await register_controller(s, node.url, node.data_dir / "operator.key")
+            for tag in range(3):
+                assert (await write(s, _batch(key, tag)))[0] == 200
+            async with s.get(f"{node.url}/checkpoint") as resp:
+                before = await resp.read()
+
+            _limit_file_size(pid, 1)
+            refused = _batch(key, 100)
+            status, body, headers = await write(s, refused)
+            assert status == 503, body
+            assert headers["Content-Type"].startswith("application/problem+json")
+            assert body["type"].endswith("/unavailable")
+            assert "storage failure" in body["detail"]
+            assert int(headers["Retry-After"]) > 0
+            status, body, _ = await write(s, _batch(key, 101))
+            assert status == 503 and "suspended" in body["detail"], body
+            async with s.get(f"{node.url}/readyz") as resp:
+                assert resp.status == 503
+            # Reads go on, from what was committed.
+            async with s.get(f"{node.url}/checkpoint") as resp:
+                assert resp.status == 200 and await resp.read() == before
+            assert await _metric(s, node.url, "consent_ledger_storage_failures_total") >= 1
+
+            _limit_file_size(pid, resource.RLIM_INFINITY)
+            deadline = loop.time() + 60
+            while True:  # the node's retries back off from 1 s: poll its readiness
+                async with s.get(f"{node.url}/readyz") as resp:
+                    if resp.status == 200:
+                        break
+                assert loop.time() < deadline, "writes never resumed"
+                await asyncio.sleep(0.1)
+            assert await _metric(s, node.url, "consent_ledger_storage_recoveries_total") >= 1
+            # The refused batch, sent again, is logged once; later writes go on as before.
+            status, body, _ = await write(s, refused)
+            assert status == 200, body
+            for tag in range(200, 203):
+                assert (await write(s, _batch(key, tag)))[0] == 200
+
+    async def check() -> None:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{node.url}/v1/keys") as resp:
+                log_key = (await resp.json())["log"]
+            verified = await verify_log(s, node.url, log_key)
+            for event_id, index in acked.items():
+                assert verified.state.index_of(event_id) == index
+            assert verified.checkpoint.size == max(acked.values()) + 2  # and a status root
+
+    try:
+        asyncio.run(scenario())
+        asyncio.run(check())
+        # The database on disk is whole: a restart checks every entry, tile and checkpoint.
+        assert node.stop() == 0
+        node.start()
+        asyncio.run(check())
+    finally:
+        node.kill()
