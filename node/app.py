@@ -12,6 +12,7 @@ from node.api import add_routes
 from node.config import NodeConfig
 from node.problems import CONTENT_TYPE, ProblemResponse, problem
 from node.runtime import RUNTIME, open_runtime
+from node.serving import EXIT_REQUEST
 from node.verify_page import add_routes as add_verify_page
 
 log = logging.getLogger("consent_ledger.http")
@@ -55,6 +56,7 @@ def create_app(config: NodeConfig) -> web.Application:
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(config) as runtime:
             app[RUNTIME] = runtime
+            app[EXIT_REQUEST] = runtime.exit_request
             yield
 
     app.cleanup_ctx.append(runtime_ctx)

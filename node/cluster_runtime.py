@@ -24,6 +24,7 @@ from node.replica_storage import ReplicaStorage
 from node.runtime import NodeRuntime, housekeeping_every, stop_sequencing
 from node.sequencer import Sequencer
 from node.snapshots import Snapshotter
+from node.storage_failures import restart_once_disk_recovers
 from node.verifier import SignatureVerifier
 
 log = logging.getLogger("consent_ledger.node")
@@ -127,9 +128,18 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
         task = asyncio.create_task(sequencer.run(), name="sequencer")
         wal_task = asyncio.create_task(
             housekeeping_every(storage, lambda: rt.state.size, 1.0), name="housekeeping")
+
+        def request_exit(code: int) -> None:
+            if not rt.exit_request.done():
+                rt.exit_request.set_result(code)
+
+        restarter = asyncio.create_task(restart_once_disk_recovers(
+            replica.stopped, storage.probe_write, request_exit), name="restart-on-failure")
         try:
             yield rt
         finally:
+            restarter.cancel()
+            await asyncio.gather(restarter, return_exceptions=True)
             # A batch waits on a majority that may be shutting down too: wait less.
             await stop_sequencing(sequencer, task, wal_task, timeout=10)
     finally:

@@ -24,7 +24,7 @@ def local_commit(storage: Storage, tree_of: Callable[[], MerkleTree], origin: st
     """Sign the new checkpoint and store it with the batch's entries and tiles, atomically.
 
     `tree_of` gives the tree being sequenced onto: after a storage failure the node
-    reloads it from disk (node/sequencing.py).
+    reloads it from disk (node/storage_failures.py).
 
     Then, while the sequencer still awaits this commit (its state holds exactly the
     committed entries), let `snapshots` capture the state if a snapshot is due."""

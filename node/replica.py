@@ -128,6 +128,7 @@ class Replica:
                           for m in cluster.members}
         self._tasks: list[asyncio.Task[None]] = []
         self.failed: BaseException | None = None
+        self.stopped = asyncio.Event()  # set with `failed`
         self._installing = False  # catching up from tiles: vouch only for the old prefix
         self._snapshot_checked: Snapshot | None = None  # the last one whose data opened
 
@@ -163,6 +164,7 @@ class Replica:
             # Disk state is behind memory or unknown: stop; a restart recovers from disk.
             log.exception("replica stopped")
             self.failed = exc
+            self.stopped.set()
             self._fail_waiters(lambda i: True, f"storage failure: {exc}")
             for task in self._tasks:  # a member that cannot persist takes no part in Raft
                 if task is not asyncio.current_task():

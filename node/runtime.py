@@ -28,9 +28,9 @@ from node.local_commit import local_commit
 from node.metrics import Metrics
 from node.recovery import recover
 from node.sequencer import Sequencer
-from node.sequencing import sequence_through_failures
 from node.snapshots import Snapshotter
 from node.storage import Storage, StorageError
+from node.storage_failures import sequence_through_failures
 from node.verifier import SignatureVerifier
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ class NodeRuntime:
     metrics: Metrics
     replica: Replica | None = None  # set on a cluster member
     decoder: DecodeWorker | None = None  # decodes large bodies and batches off the loop
+    # Resolved with an exit status when the node must be restarted (node/serving.py).
+    exit_request: asyncio.Future[int] = dataclasses.field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 RUNTIME = web.AppKey("runtime", NodeRuntime)

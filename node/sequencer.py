@@ -270,7 +270,7 @@ class Sequencer:
             raise
         except BaseException as exc:
             # State is now ahead of disk: stop taking writes until the ledger is reloaded
-            # from disk (node/sequencing.py on one node; a restart on a cluster member).
+            # from disk (node/storage_failures.py: on one node in place, a cluster member restarts).
             if exc is not self._failed:
                 log.exception("sequencer stopped: storage failure")
             self._failed = exc

@@ -1,5 +1,6 @@
 """A disk that stops taking writes: a node refuses writes clearly, loses nothing, keeps
-serving reads, and resumes by itself once the disk takes writes again.
+serving reads, and resumes by itself once the disk takes writes again; a cluster goes on
+without the member, which exits to be restarted once its disk recovers, and catches up.
 
 The failure is real: the node process's file size limit (RLIMIT_FSIZE) is lowered to one
 byte, so every write SQLite makes past the start of a file fails with EFBIG, as writes
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from clusterproc import LocalCluster
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant
 from nodeclient import now_ms, post, register_controller
@@ -21,6 +23,7 @@ from nodeproc import NodeProcess
 
 from client.verify_log import verify_log
 from ledger.signed import SignedEvent, sign_batch
+from node.storage_failures import EXIT_RESTART
 
 BATCH = 40
 
@@ -117,3 +120,66 @@ def test_writes_are_refused_while_the_disk_fails_and_resume_once_it_takes_them(
         asyncio.run(check())
     finally:
         node.kill()
+
+
+def test_a_cluster_goes_on_without_a_member_whose_disk_fails_and_it_rejoins_once_restarted(
+        tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "cluster")
+    cluster.start()
+    acked: dict[bytes, int] = {}
+    try:
+        leader = cluster.wait_leader()
+        failing = next(m for m in sorted(cluster.members) if m != leader)
+        member = cluster.members[failing]
+        assert member.proc is not None
+
+        async def write(session: aiohttp.ClientSession, key: Ed25519PrivateKey,
+                        tag: int) -> None:
+            batch = _batch(key, tag)
+            status, body, _ = await post(session, cluster.url(leader), batch)
+            assert status == 200, body
+            for signed, result in zip(batch, body["results"], strict=True):
+                acked[signed.id] = result["index"]
+
+        async def scenario() -> Ed25519PrivateKey:
+            loop = asyncio.get_running_loop()
+            async with aiohttp.ClientSession() as s:
+                key = await register_controller(s, cluster.url(leader), cluster.operator_key)
+                await write(s, key, 0)
+                assert member.proc is not None
+                _limit_file_size(member.proc.pid, 1)
+                for tag in range(1, 4):  # the leader and the other member are a majority
+                    await write(s, key, tag)
+                deadline = loop.time() + 30
+                while True:
+                    async with s.get(f"{cluster.url(failing)}/readyz") as resp:
+                        if resp.status == 503:
+                            assert "stopped replicating" in (await resp.json())["detail"]
+                            break
+                    assert loop.time() < deadline, "the member never noticed its disk"
+                    await asyncio.sleep(0.05)
+                _limit_file_size(member.proc.pid, resource.RLIM_INFINITY)
+            return key
+
+        key = asyncio.run(scenario())
+        # Once its disk takes writes again it exits, for its supervisor to restart it.
+        assert member.proc.wait(timeout=60) == EXIT_RESTART
+        member.start()
+
+        async def more() -> None:
+            async with aiohttp.ClientSession() as s:
+                await write(s, key, 4)
+
+        asyncio.run(more())
+        size = max(acked.values()) + 2
+        cluster.wait_published(failing, size)
+
+        async def check() -> None:
+            async with aiohttp.ClientSession() as s:
+                verified = await verify_log(s, cluster.url(failing), cluster.config.log_key)
+            for event_id, index in acked.items():
+                assert verified.state.index_of(event_id) == index
+
+        asyncio.run(check())
+    finally:
+        cluster.stop_all()
