@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from clusterproc import LocalCluster
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant
@@ -122,34 +123,42 @@ def test_writes_are_refused_while_the_disk_fails_and_resume_once_it_takes_them(
         node.kill()
 
 
+@pytest.mark.parametrize("role", ["follower", "leader"])
 def test_a_cluster_goes_on_without_a_member_whose_disk_fails_and_it_rejoins_once_restarted(
-        tmp_path: Path) -> None:
+        tmp_path: Path, role: str) -> None:
     cluster = LocalCluster(tmp_path / "cluster")
     cluster.start()
     acked: dict[bytes, int] = {}
     try:
         leader = cluster.wait_leader()
-        failing = next(m for m in sorted(cluster.members) if m != leader)
+        failing = leader if role == "leader" else \
+            next(m for m in sorted(cluster.members) if m != leader)
+        others = [m for m in sorted(cluster.members) if m != failing]
         member = cluster.members[failing]
         assert member.proc is not None
+        pid = member.proc.pid
 
-        async def write(session: aiohttp.ClientSession, key: Ed25519PrivateKey,
-                        tag: int) -> None:
+        async def write(session: aiohttp.ClientSession, key: Ed25519PrivateKey, tag: int,
+                        to: str) -> tuple[int, Any]:
             batch = _batch(key, tag)
-            status, body, _ = await post(session, cluster.url(leader), batch)
-            assert status == 200, body
-            for signed, result in zip(batch, body["results"], strict=True):
-                acked[signed.id] = result["index"]
+            status, body, _ = await post(session, cluster.url(to), batch)
+            if status == 200:
+                for signed, result in zip(batch, body["results"], strict=True):
+                    acked[signed.id] = result["index"]
+            return status, body
 
-        async def scenario() -> Ed25519PrivateKey:
+        async def scenario() -> tuple[Ed25519PrivateKey, str]:
             loop = asyncio.get_running_loop()
             async with aiohttp.ClientSession() as s:
                 key = await register_controller(s, cluster.url(leader), cluster.operator_key)
-                await write(s, key, 0)
-                assert member.proc is not None
-                _limit_file_size(member.proc.pid, 1)
-                for tag in range(1, 4):  # the leader and the other member are a majority
-                    await write(s, key, tag)
+                assert (await write(s, key, 0, leader))[0] == 200
+                _limit_file_size(pid, 1)
+                # The member finds out at its next write to disk.
+                status, body = await write(s, key, 1, leader)
+                if role == "leader":
+                    assert status == 503, body
+                else:  # the leader and the other member are a majority
+                    assert status == 200, body
                 deadline = loop.time() + 30
                 while True:
                     async with s.get(f"{cluster.url(failing)}/readyz") as resp:
@@ -158,21 +167,24 @@ def test_a_cluster_goes_on_without_a_member_whose_disk_fails_and_it_rejoins_once
                             break
                     assert loop.time() < deadline, "the member never noticed its disk"
                     await asyncio.sleep(0.05)
-                _limit_file_size(member.proc.pid, resource.RLIM_INFINITY)
-            return key
+                leads = await asyncio.to_thread(cluster.wait_leader, 30.0, others)
+                for tag in range(2, 5):
+                    status, body = await write(s, key, tag, leads)
+                    assert status == 200, body
+                _limit_file_size(pid, resource.RLIM_INFINITY)
+            return key, leads
 
-        key = asyncio.run(scenario())
+        key, leads = asyncio.run(scenario())
         # Once its disk takes writes again it exits, for its supervisor to restart it.
         assert member.proc.wait(timeout=60) == EXIT_RESTART
         member.start()
 
         async def more() -> None:
             async with aiohttp.ClientSession() as s:
-                await write(s, key, 4)
+                assert (await write(s, key, 5, leads))[0] == 200
 
         asyncio.run(more())
-        size = max(acked.values()) + 2
-        cluster.wait_published(failing, size)
+        cluster.wait_published(failing, max(acked.values()) + 2)
 
         async def check() -> None:
             async with aiohttp.ClientSession() as s:
