@@ -14,7 +14,7 @@ from ledger.heap import settle_loaded_state
 from ledger.note import ALG_ED25519, Ed25519Signer, format_verifier_key, new_verifier
 from ledger.signed import public_bytes
 from node.cluster_config import load_cluster
-from node.config import ConfigError, NodeConfig
+from node.config import ConfigError, NodeConfig, make_data_dir
 from node.cosigning import Cosigner, load_guard
 from node.decode_worker import DecodeWorker
 from node.metrics import Metrics
@@ -49,7 +49,7 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
     if public_bytes(node_key) != member.public_key:
         raise ConfigError(f"{config.node_key_path} is not the key the cluster file pins "
                           f"for member {member.id}")
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    make_data_dir(config.data_dir)
     storage = await ReplicaStorage.open(config.db_path)
     verifier = SignatureVerifier(config.verify_threads)
     replica: Replica | None = None

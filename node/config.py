@@ -160,3 +160,10 @@ def load_config(*, file: Path | None = None, env: Mapping[str, str] | None = Non
     if "data_dir" not in values:
         raise ConfigError("no data directory: pass --data DIR (or data_dir in the config file)")
     return NodeConfig(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def make_data_dir(path: Path) -> None:
+    """Create the data directory if needed; a clear error if something else is there."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"the data directory {path} is a file, not a directory")
+    path.mkdir(parents=True, exist_ok=True)

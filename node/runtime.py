@@ -22,7 +22,7 @@ from ledger.note import ALG_ED25519, Ed25519Signer, format_verifier_key, new_ver
 from ledger.signed import public_bytes, sign_event
 from ledger.state import LedgerState
 from ledger.tree import MerkleTree
-from node.config import ConfigError, NodeConfig
+from node.config import ConfigError, NodeConfig, make_data_dir
 from node.decode_worker import DecodeWorker
 from node.local_commit import local_commit
 from node.metrics import Metrics
@@ -116,7 +116,7 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
         async with open_cluster_runtime(config) as runtime:
             yield runtime
         return
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    make_data_dir(config.data_dir)
     log_key = key_file(config.log_key_path)
     storage = await Storage.open(config.db_path)
     verifier = SignatureVerifier(config.verify_threads)

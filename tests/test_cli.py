@@ -41,6 +41,14 @@ def test_bad_config_file_is_one_line(tmp_path: Path) -> None:
     assert "port" in result.stderr
 
 
+def test_a_data_directory_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a directory")
+    result = run("node", "--data", str(tmp_path / "data"), "--port", "0")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "is a file, not a directory" in result.stderr
+
+
 def test_unknown_command() -> None:
     result = run("frobnicate")
     assert result.returncode == 2
