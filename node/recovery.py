@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -69,7 +70,12 @@ async def recover(
 async def restore_snapshot(storage: Storage) -> tuple[LedgerState, MerkleTree] | None:
     """State and tree at the newest stored snapshot that agrees with the log, if any."""
     on_disk = await storage.size()
-    for size in await storage.snapshot_sizes():
+    try:
+        sizes = await storage.snapshot_sizes()
+    except sqlite3.DatabaseError as exc:  # opened, but torn inside: a cache all the same
+        await storage.set_snapshots_aside(exc)
+        return None
+    for size in sizes:
         if size > on_disk:
             continue  # a snapshot of entries no longer on disk (cannot happen: committed)
         try:
@@ -81,7 +87,10 @@ async def restore_snapshot(storage: Storage) -> tuple[LedgerState, MerkleTree] |
 
 
 async def _restore(storage: Storage, size: int) -> tuple[LedgerState, MerkleTree]:
-    data = await storage.snapshot(size)
+    try:
+        data = await storage.snapshot(size)
+    except sqlite3.DatabaseError as exc:
+        raise SnapshotRefused(f"its database failed: {exc}") from None
     if data is None:
         raise SnapshotRefused("it disappeared")
     try:

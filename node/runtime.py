@@ -117,10 +117,15 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
             yield runtime
         return
     make_data_dir(config.data_dir)
-    log_key = key_file(config.log_key_path)
     storage = await Storage.open(config.db_path)
     verifier = SignatureVerifier(config.verify_threads)
     try:
+        if not os.path.exists(config.log_key_path) and await storage.get_meta("origin"):
+            # A new key could never sign this log's next checkpoint consistently with
+            # what clients hold: refuse rather than create one.
+            raise ConfigError(f"the log key {config.log_key_path} is missing, and this log's "
+                              "checkpoints are signed by it: restore it from a backup")
+        log_key = key_file(config.log_key_path)
         origin = await _origin(storage, config)
         signer = Ed25519Signer.from_private_key(origin, log_key)
         log_vkey = format_verifier_key(origin, ALG_ED25519, public_bytes(log_key))

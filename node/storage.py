@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +21,8 @@ from typing import Self
 import aiosqlite
 
 SCHEMA_VERSION = 1
+
+log = logging.getLogger("consent_ledger.storage")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -229,19 +232,38 @@ class Storage:
 
     async def _snapshot_db(self) -> aiosqlite.Connection:
         if self._snapshots is None:
-            db = await aiosqlite.connect(self.snapshot_path, isolation_level=None)
             try:
-                await db.execute("PRAGMA journal_mode=WAL")
-                await db.execute("PRAGMA synchronous=FULL")
-                await db.executescript(_SNAPSHOT_SCHEMA)
-            except BaseException as exc:
-                await db.close()
-                if isinstance(exc, sqlite3.DatabaseError):
-                    raise StorageError(f"{self.snapshot_path}: not a usable database "
-                                       f"({exc})") from None
-                raise
-            self._snapshots = db
+                self._snapshots = await self._open_snapshot_db()
+            except sqlite3.DatabaseError as exc:
+                await self.set_snapshots_aside(exc)
+                self._snapshots = await self._open_snapshot_db()
         return self._snapshots
+
+    async def _open_snapshot_db(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.snapshot_path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.executescript(_SNAPSHOT_SCHEMA)
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    async def set_snapshots_aside(self, error: BaseException) -> None:
+        """The snapshot database is unusable (torn, not a database): it is a cache, so it
+        is renamed `.unusable` for a look later, and snapshots start again in a new one;
+        recovery replays the log instead. Refusing to start would lose a node to it."""
+        if self._snapshots is not None:
+            await self._snapshots.close()
+            self._snapshots = None
+        aside = self.snapshot_path.with_name(self.snapshot_path.name + ".unusable")
+        self.snapshot_path.replace(aside)
+        for suffix in ("-wal", "-shm"):
+            self.snapshot_path.with_name(self.snapshot_path.name + suffix).unlink(
+                missing_ok=True)
+        log.warning("the state snapshot database is unusable: set aside, snapshots start "
+                    "again", extra={"path": str(aside), "error": str(error)})
 
     async def store_snapshot(self, size: int, data: bytes, *, keep: int) -> None:
         """Store the state snapshot at `size`; only the `keep` largest sizes stay."""

@@ -213,12 +213,15 @@ def test_sigterm_finishes_the_batches_in_flight(tmp_path: Path) -> None:
     assert proc.stop() == 0
 
 
-def test_a_failed_commit_acknowledges_nothing_and_stops_writes(tmp_path: Path) -> None:
-    """Another process holds SQLite's write lock: the commit fails after the busy timeout."""
+def test_a_failed_commit_acknowledges_nothing_and_suspends_writes_until_they_work(
+        tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock: the commit fails after the busy timeout,
+    writes are refused while it holds it, and resume once it lets go."""
     proc = NodeProcess(tmp_path / "data", "--origin", "test.example/stuck")
     proc.start()
 
     async def scenario() -> None:
+        loop = asyncio.get_running_loop()
         async with aiohttp.ClientSession() as s:
             key = await register_controller(s, proc.url, proc.data_dir / "operator.key")
             t = now_ms()
@@ -228,26 +231,42 @@ def test_a_failed_commit_acknowledges_nothing_and_stops_writes(tmp_path: Path) -
             locker.execute("BEGIN IMMEDIATE")  # holds the write lock
             try:
                 status, problem, headers = await post(s, proc.url, blocked)
+                assert status == 503, problem
+                assert problem["type"].endswith("/unavailable")
+                assert "Retry-After" in headers
+                async with s.get(f"{proc.url}/readyz") as resp:
+                    assert resp.status == 503  # its state ran ahead of disk: suspended
+                status, problem, _ = await post(s, proc.url, blocked)
+                assert status == 503 and "suspended" in problem["detail"], problem
             finally:
                 locker.execute("ROLLBACK")
                 locker.close()
-            assert status == 503, problem
-            assert problem["type"].endswith("/unavailable")
-            assert "Retry-After" in headers
-            async with s.get(f"{proc.url}/readyz") as resp:
-                assert resp.status == 503  # a node whose state ran ahead of disk stops
-            status, problem, _ = await post(s, proc.url, blocked)
-            assert status == 503
+            deadline = loop.time() + 30
+            while True:  # it retries from 1 s on: poll its readiness
+                async with s.get(f"{proc.url}/readyz") as resp:
+                    if resp.status == 200:
+                        break
+                assert loop.time() < deadline, "writes never resumed"
+                await asyncio.sleep(0.05)
+            status, body, _ = await post(s, proc.url, blocked)
+            # genesis and the registration, each closed by its status root, come first
+            assert status == 200 and body["results"][0]["index"] == 4, body
 
     asyncio.run(scenario())
     assert proc.stop() == 0
-    proc.start()  # recovery from disk: the failed batch was never acknowledged nor stored
+    proc.start()  # recovery from disk: the failed batch is there once, when it was retried
 
     async def after() -> None:
         async with aiohttp.ClientSession() as s, s.get(f"{proc.url}/readyz") as resp:
             assert resp.status == 200
-            # genesis and the registration, each closed by its status root
-            assert (await resp.json())["size"] == 4
+            assert (await resp.json())["size"] == 6
 
     asyncio.run(after())
     assert proc.stop() == 0
+
+
+def test_a_missing_log_key_is_refused_not_replaced(stopped_node: NodeProcess) -> None:
+    key = stopped_node.data_dir / "log.key"
+    key.unlink()
+    _refused(stopped_node, "log key", "missing")
+    assert not key.exists()

@@ -223,6 +223,33 @@ def test_a_snapshot_that_disagrees_is_refused_and_recovery_falls_back(
     assert proc.stop() == 0
 
 
+@pytest.mark.parametrize("damage", ["not a database", "torn inside"])
+def test_an_unusable_snapshot_database_is_set_aside_and_the_log_replayed(
+        written: tuple[NodeProcess, Any, list[SignedEvent]], tmp_path: Path,
+        damage: str) -> None:
+    """The snapshot database is a cache: damaged, it costs a full replay, not the node."""
+    proc = _copy(written, tmp_path)
+    proc.start()
+    size = recoveries(proc)[-1]["size"]
+    expected = asyncio.run(served(proc, []))
+    assert proc.stop() == 0
+
+    path = proc.data_dir / SNAPSHOTS
+    if damage == "not a database":
+        path.write_bytes(b"not a database" * 1000)
+    else:  # a valid header, then pages that are not b-tree pages
+        _sql(proc, "PRAGMA wal_checkpoint(TRUNCATE)")
+        data = bytearray(path.read_bytes())
+        data[4096:] = bytes(len(data) - 4096)
+        path.write_bytes(bytes(data))
+    proc.start()
+    assert (recoveries(proc)[-1]["snapshot"], recoveries(proc)[-1]["replayed"]) == (0, size)
+    assert "set aside" in proc.stderr()
+    assert (proc.data_dir / (SNAPSHOTS + ".unusable")).exists()
+    assert asyncio.run(served(proc, [])) == expected
+    assert proc.stop() == 0
+
+
 def test_fsck_replays_everything_and_compares_each_snapshot(
         written: tuple[NodeProcess, Any, list[SignedEvent]], tmp_path: Path) -> None:
     proc = _copy(written, tmp_path)
