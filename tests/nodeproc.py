@@ -24,8 +24,10 @@ class NodeProcess:
     # Every process started, so that a failing test cannot leave a node running.
     started: ClassVar[list[subprocess.Popen[bytes]]] = []
 
-    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 root: Path = ROOT) -> None:
         self.data_dir = data_dir
+        self.root = root  # the checkout whose code runs (bench/ab_node.py runs two)
         self.args = args
         self.env = env or {}  # CONSENT_LEDGER_<SETTING> over the configuration file
         self.proc: subprocess.Popen[bytes] | None = None
@@ -39,7 +41,7 @@ class NodeProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "node.cli", "node", "--data", str(self.data_dir),
                  *port, *self.args],
-                stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT,
+                stdout=subprocess.PIPE, stderr=stderr, cwd=self.root,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         NodeProcess.started.append(self.proc)
