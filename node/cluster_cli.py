@@ -8,7 +8,8 @@ tlog-policy that clients trust: the log key and a majority of member cosignature
 
 `up` runs every member of DIR's cluster as its own process on loopback, waits until a
 leader has published the genesis entry, prints the members' URLs and keeps them running
-until interrupted; a member that dies is reported, not silently restarted.
+until interrupted; a member that dies is reported, not silently restarted, unless it
+exits asking for it (node/storage_failures.py's EXIT_RESTART, as systemd would).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ledger.note import ALG_ED25519, format_verifier_key
 from ledger.signed import public_bytes, sign_event
 from node.cluster_config import ClusterConfig, Member, format_cluster, load_cluster
 from node.config import ConfigError, load_config
+from node.storage_failures import EXIT_RESTART
 
 MEMBERSHIP_RETRY_S = 20.0
 HOSTS_PORT = 8441  # every member's port when each has its own host (init --hosts)
@@ -183,13 +185,17 @@ async def run_cluster(directory: Path, *, then: object = None, once: bool = Fals
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    async def start(member_id: str) -> asyncio.subprocess.Process:
+        with open(directory / f"{member_id}.log", "ab") as log_file:  # the child keeps it
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "node.cli", "node",
+                "--config", str(directory / f"{member_id}.toml"),
+                stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+
     try:
         for m in cluster.members:
-            procs[m.id] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "node.cli", "node",
-                "--config", str(directory / f"{m.id}.toml"),
-                stdout=asyncio.subprocess.DEVNULL, stderr=open(  # noqa: SIM115
-                    directory / f"{m.id}.log", "ab"))
+            procs[m.id] = await start(m.id)
 
         def alive() -> None:
             for member_id, proc in procs.items():
@@ -209,16 +215,26 @@ async def run_cluster(directory: Path, *, then: object = None, once: bool = Fals
             if once or status != 0:
                 return status
             print("\nThe cluster keeps serving; Ctrl-C stops it.", flush=True)
-        waiters = [asyncio.ensure_future(p.wait()) for p in procs.values()]
-        stopper = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        for member_id, proc in procs.items():
-            if proc.returncode is not None and not stop.is_set():
-                print(f"consent-ledger: member {member_id} exited with {proc.returncode}",
-                      file=sys.stderr)
-                status = 1
-        return status
+        while True:
+            waiters = [asyncio.ensure_future(p.wait()) for p in procs.values()]
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for waiter in [*waiters, stopper]:
+                waiter.cancel()
+            if stop.is_set():
+                return status
+            for member_id, proc in list(procs.items()):
+                if proc.returncode == EXIT_RESTART:
+                    # It asks for it (its disk failed, then recovered): as systemd would.
+                    print(f"consent-ledger: member {member_id} asked to be restarted; "
+                          "restarting it", file=sys.stderr, flush=True)
+                    procs[member_id] = await start(member_id)
+                elif proc.returncode is not None:
+                    print(f"consent-ledger: member {member_id} exited with "
+                          f"{proc.returncode}", file=sys.stderr)
+                    status = 1
+            if status:
+                return status
     finally:
         for proc in procs.values():
             if proc.returncode is None:

@@ -10,7 +10,12 @@ fail on a full disk. Lifting the limit is freeing the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,10 @@ from nodeproc import NodeProcess
 
 from client.verify_log import verify_log
 from ledger.signed import SignedEvent, sign_batch
+from node.cluster_cli import init_cluster
 from node.storage_failures import EXIT_RESTART
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BATCH = 40
 
@@ -195,3 +203,71 @@ def test_a_cluster_goes_on_without_a_member_whose_disk_fails_and_it_rejoins_once
         asyncio.run(check())
     finally:
         cluster.stop_all()
+
+
+def _pid_of(config: Path) -> int | None:
+    found = subprocess.run(["pgrep", "-f", "--", f"--config {config}$"], capture_output=True,
+                           text=True).stdout.split()
+    return int(found[0]) if found else None
+
+
+def test_cluster_up_restarts_a_member_that_asks_for_it(tmp_path: Path) -> None:
+    """`consent-ledger cluster up` supervises its members as systemd would: a member that
+    exits asking to be restarted, after its disk failed and recovered, is started again."""
+    directory = tmp_path / "cluster"
+    config = init_cluster(directory, nodes=3, host="127.0.0.1", base_port=0, origin=None)
+    up = subprocess.Popen([sys.executable, "-m", "node.cli", "cluster", "up", "--dir",
+                           str(directory)], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    try:
+        assert up.stdout is not None
+        lines = [up.stdout.readline() for _ in range(4)]  # the title, then one per member
+        leader = next(line.split()[0] for line in lines if "(leader)" in line)
+        failing = next(m.id for m in config.members if m.id != leader)
+        url = {m.id: m.url for m in config.members}
+        first_pid = _pid_of(directory / f"{failing}.toml")
+        assert first_pid is not None
+
+        async def scenario() -> None:
+            loop = asyncio.get_running_loop()
+            async with aiohttp.ClientSession() as s:
+                key = await register_controller(s, url[leader],
+                                                directory / "keys" / "operator.key")
+                _limit_file_size(first_pid, 1)
+                status, body, _ = await post(s, url[leader], _batch(key, 0))
+                assert status == 200, body
+                deadline = loop.time() + 30
+                while True:
+                    async with s.get(f"{url[failing]}/readyz") as resp:
+                        if resp.status == 503:
+                            break
+                    assert loop.time() < deadline, "the member never noticed its disk"
+                    await asyncio.sleep(0.05)
+                _limit_file_size(first_pid, resource.RLIM_INFINITY)
+                async with s.get(f"{url[leader]}/v1/cluster") as resp:
+                    size = (await resp.json())["published_size"]
+                deadline = loop.time() + 60
+                while True:  # a new process, caught up
+                    pid = _pid_of(directory / f"{failing}.toml")
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with s.get(f"{url[failing]}/v1/cluster") as resp:
+                            if pid not in (None, first_pid) and resp.status == 200 \
+                                    and (await resp.json())["checkpoint_size"] >= size:
+                                break
+                    assert loop.time() < deadline, "the member was not restarted"
+                    await asyncio.sleep(0.05)
+
+        asyncio.run(scenario())
+        up.send_signal(signal.SIGTERM)
+        _, err = up.communicate(timeout=60)
+        assert up.returncode == 0, err
+        assert f"member {failing} asked to be restarted" in err
+        assert all(_pid_of(directory / f"{m.id}.toml") is None for m in config.members)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        for m in config.members:
+            pid = _pid_of(directory / f"{m.id}.toml")
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
