@@ -265,8 +265,12 @@ def test_cluster_up_restarts_a_member_that_asks_for_it(tmp_path: Path) -> None:
         assert all(_pid_of(directory / f"{m.id}.toml") is None for m in config.members)
     finally:
         if up.poll() is None:
-            up.kill()
-            up.wait()
+            up.terminate()  # it stops its members
+            try:
+                up.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
         for m in config.members:
             pid = _pid_of(directory / f"{m.id}.toml")
             if pid is not None:
