@@ -278,8 +278,7 @@ async def get_status(request: web.Request) -> web.Response:
         async with rt.sequencer.map_as_published():
             sequencer = rt.sequencer
             if not sequencer.healthy:
-                raise_problem("unavailable", f"writes are suspended after a storage "
-                              f"failure ({sequencer.failure}); retrying",
+                raise_problem("unavailable", sequencer.why_suspended,
                               headers={"Retry-After": "5"})
             # Nothing awaits from here to the proofs: map, tree and checkpoint are those of
             # one committed batch.
@@ -332,8 +331,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     rt = _runtime(request)
     if not rt.sequencer.healthy:
-        raise_problem("unavailable", f"writes are suspended after a storage failure "
-                      f"({rt.sequencer.failure}); retrying", headers={"Retry-After": "5"})
+        raise_problem("unavailable", rt.sequencer.why_suspended, headers={"Retry-After": "5"})
     if rt.replica is not None and rt.replica.failed is not None:
         raise_problem("unavailable", f"this member stopped replicating: {rt.replica.failed}")
     return web.json_response({"status": "ready", "size": rt.sequencer.committed_size})

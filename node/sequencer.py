@@ -155,9 +155,7 @@ class Sequencer:
         """Queue (event, signature already verified) pairs; the future gives their
         outcomes, in order, once every one is durable (or refused)."""
         if self._failed is not None:
-            raise UnavailableError(f"writes are suspended after a storage failure "
-                                   f"({self._failed}); they resume once the disk takes "
-                                   "them again")
+            raise UnavailableError(self.why_suspended)
         if self._closing:
             raise UnavailableError("the node is not accepting writes")
         if len(self._queue) + len(items) > self._max_queue:
@@ -230,6 +228,12 @@ class Sequencer:
         """Why the sequencer stopped taking writes (a storage failure), or None."""
         return self._failed
 
+    @property
+    def why_suspended(self) -> str:
+        """What writers and readiness probes are told while writes are suspended."""
+        return (f"writes are suspended after a storage failure ({self._failed}); they "
+                "resume once the disk takes them again")
+
     def resume(self, state: LedgerState, tree: MerkleTree, checkpoint: bytes) -> None:
         """Take writes again after a storage failure, onto the ledger reloaded from disk
         and its checkpoint (memory held the batch that failed); then run `run()` again.
@@ -241,7 +245,7 @@ class Sequencer:
         if tree.size < self.committed_size or state.size != tree.size:
             raise RuntimeError(f"the reloaded ledger holds {tree.size} entries, fewer "
                                f"than the {self.committed_size} acknowledged")
-        self._state, self._tree = state, tree
+        self.reset(state, tree)
         self.committed_size, self.checkpoint = tree.size, checkpoint
         self._failed = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Sequence
@@ -62,3 +63,16 @@ async def register_controller(session: aiohttp.ClientSession, url: str, operator
     status, body, _ = await post(session, url, sign_event(event, load_key(operator_key_path)))
     assert status == 200, body
     return key
+
+
+async def await_readiness(session: aiohttp.ClientSession, url: str, status: int, *,
+                          timeout: float, why: str) -> Any:
+    """Poll GET /readyz until it answers `status` (its JSON body), with a deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        async with session.get(f"{url}/readyz") as resp:
+            if resp.status == status:
+                return await resp.json()
+        assert loop.time() < deadline, why
+        await asyncio.sleep(0.05)  # polling a condition with a deadline

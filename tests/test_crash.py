@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from factories import grant
-from nodeclient import now_ms, post, register_controller
+from nodeclient import await_readiness, now_ms, post, register_controller
 from nodeproc import NodeFailedToStart, NodeProcess
 
 from client.verify_log import verify_log
@@ -221,7 +221,6 @@ def test_a_failed_commit_acknowledges_nothing_and_suspends_writes_until_they_wor
     proc.start()
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
         async with aiohttp.ClientSession() as s:
             key = await register_controller(s, proc.url, proc.data_dir / "operator.key")
             t = now_ms()
@@ -241,13 +240,7 @@ def test_a_failed_commit_acknowledges_nothing_and_suspends_writes_until_they_wor
             finally:
                 locker.execute("ROLLBACK")
                 locker.close()
-            deadline = loop.time() + 30
-            while True:  # it retries from 1 s on: poll its readiness
-                async with s.get(f"{proc.url}/readyz") as resp:
-                    if resp.status == 200:
-                        break
-                assert loop.time() < deadline, "writes never resumed"
-                await asyncio.sleep(0.05)
+            await await_readiness(s, proc.url, 200, timeout=30, why="writes never resumed")
             status, body, _ = await post(s, proc.url, blocked)
             # genesis and the registration, each closed by its status root, come first
             assert status == 200 and body["results"][0]["index"] == 4, body

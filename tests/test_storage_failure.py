@@ -24,7 +24,7 @@ import pytest
 from clusterproc import LocalCluster
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant
-from nodeclient import now_ms, post, register_controller
+from nodeclient import await_readiness, now_ms, post, register_controller
 from nodeproc import NodeProcess
 
 from client.verify_log import verify_log
@@ -71,7 +71,6 @@ def test_writes_are_refused_while_the_disk_fails_and_resume_once_it_takes_them(
         return status, body, headers
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
         async with aiohttp.ClientSession() as s:
             key = await register_controller(s, node.url, node.data_dir / "operator.key")
             for tag in range(3):
@@ -97,13 +96,8 @@ def test_writes_are_refused_while_the_disk_fails_and_resume_once_it_takes_them(
             assert await _metric(s, node.url, "consent_ledger_storage_failures_total") >= 1
 
             _limit_file_size(pid, resource.RLIM_INFINITY)
-            deadline = loop.time() + 60
-            while True:  # the node's retries back off from 1 s: poll its readiness
-                async with s.get(f"{node.url}/readyz") as resp:
-                    if resp.status == 200:
-                        break
-                assert loop.time() < deadline, "writes never resumed"
-                await asyncio.sleep(0.1)
+            # Its retries back off from 1 s.
+            await await_readiness(s, node.url, 200, timeout=60, why="writes never resumed")
             assert await _metric(s, node.url, "consent_ledger_storage_recoveries_total") >= 1
             # The refused batch, sent again, is logged once; later writes go on as before.
             status, body, _ = await write(s, refused)
@@ -156,7 +150,6 @@ def test_a_cluster_goes_on_without_a_member_whose_disk_fails_and_it_rejoins_once
             return status, body
 
         async def scenario() -> tuple[Ed25519PrivateKey, str]:
-            loop = asyncio.get_running_loop()
             async with aiohttp.ClientSession() as s:
                 key = await register_controller(s, cluster.url(leader), cluster.operator_key)
                 assert (await write(s, key, 0, leader))[0] == 200
@@ -167,14 +160,9 @@ def test_a_cluster_goes_on_without_a_member_whose_disk_fails_and_it_rejoins_once
                     assert status == 503, body
                 else:  # the leader and the other member are a majority
                     assert status == 200, body
-                deadline = loop.time() + 30
-                while True:
-                    async with s.get(f"{cluster.url(failing)}/readyz") as resp:
-                        if resp.status == 503:
-                            assert "stopped replicating" in (await resp.json())["detail"]
-                            break
-                    assert loop.time() < deadline, "the member never noticed its disk"
-                    await asyncio.sleep(0.05)
+                problem = await await_readiness(s, cluster.url(failing), 503, timeout=30,
+                                                why="the member never noticed its disk")
+                assert "stopped replicating" in problem["detail"]
                 leads = await asyncio.to_thread(cluster.wait_leader, 30.0, others)
                 for tag in range(2, 5):
                     status, body = await write(s, key, tag, leads)
@@ -236,13 +224,8 @@ def test_cluster_up_restarts_a_member_that_asks_for_it(tmp_path: Path) -> None:
                 _limit_file_size(first_pid, 1)
                 status, body, _ = await post(s, url[leader], _batch(key, 0))
                 assert status == 200, body
-                deadline = loop.time() + 30
-                while True:
-                    async with s.get(f"{url[failing]}/readyz") as resp:
-                        if resp.status == 503:
-                            break
-                    assert loop.time() < deadline, "the member never noticed its disk"
-                    await asyncio.sleep(0.05)
+                await await_readiness(s, url[failing], 503, timeout=30,
+                                      why="the member never noticed its disk")
                 _limit_file_size(first_pid, resource.RLIM_INFINITY)
                 async with s.get(f"{url[leader]}/v1/cluster") as resp:
                     size = (await resp.json())["published_size"]
