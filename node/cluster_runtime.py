@@ -94,7 +94,8 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
         operator = state.keys[state.operator_key_id].public_key \
             if state.operator_key_id is not None else b""
         # The leader decodes request bodies in it, the followers the leader's batches.
-        decoder = await DecodeWorker.start(metrics.count_decoded) \
+        decoder = await DecodeWorker.start(
+            metrics.count_decoded, metrics.count_decode_process_restart) \
             if config.decode_process else None
         rt = NodeRuntime(config, cluster.origin, log_vkey, operator, storage, state, tree,
                          sequencer, verifier, metrics, decoder=decoder)

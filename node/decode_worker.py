@@ -16,8 +16,11 @@ leader replicates too (the entries a follower re-checks before it stores them).
   pipes nobody else holds.
 - A body the child refuses comes back as a refusal and the loop decodes it again, so
   every error is raised by the same code whichever way a body went.
-- If the child dies, the loop decodes everything itself from then on, and logs why. The
-  child exits when the node closes the pipe, or dies, since its pipe then ends too.
+- If the child dies (killed, out of memory), the loop decodes everything itself, logs
+  why, and starts a new child after a pause: 1 s, doubling up to a minute while new
+  children keep dying young, so that a child that cannot live does not take the core in
+  a loop of starts. The child exits when the node closes the pipe, or dies, since its
+  pipe then ends too.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import pickle
 import signal
 import struct
 import sys
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -49,32 +53,44 @@ _REPLY = struct.Struct(">IB")  # payload length, kind
 _DECODED, _REFUSED = 0, 1
 _BODY, _BATCH = 0, 1  # a POST /v1/events body; a Raft batch's payload
 _KINDS = {_BODY: "body", _BATCH: "batch"}
+RESTART_FIRST_S, RESTART_MAX_S = 1.0, 60.0
+_LIVED_S = 60.0  # a child that lived this long died of something passing: restart soon
 
 Decoded = list[SignedEvent] | SignedEvent | list[LogEntry]
 
 
 class DecodeWorker:
-    """One child process that decodes bodies and batches in order."""
+    """One child process that decodes bodies and batches in order (a new one if it dies)."""
 
     def __init__(self, process: asyncio.subprocess.Process,
-                 on_decoded: Callable[[str], None] = lambda kind: None) -> None:
-        assert process.stdin is not None and process.stdout is not None
-        self._process = process
+                 on_decoded: Callable[[str], None] = lambda kind: None,
+                 on_restarted: Callable[[], None] = lambda: None,
+                 restart_after: tuple[float, float] = (RESTART_FIRST_S, RESTART_MAX_S)) -> None:
         self._on_decoded = on_decoded  # "body" or "batch", for /metrics
-        self._requests = process.stdin
-        self._replies = process.stdout
+        self._on_restarted = on_restarted
+        self._restart_first, self._restart_max = restart_after
+        self._restart_in = self._restart_first
+        self._restarter: asyncio.Task[None] | None = None
+        self._closing = False
         self._waiting: collections.deque[tuple[int, asyncio.Future[Decoded | None]]] = \
             collections.deque()
+        self._attach(process)
+
+    def _attach(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self._process = process
+        self._requests = process.stdin
+        self._started = time.monotonic()
         self._alive = True
-        self._reader = asyncio.create_task(self._read_replies(), name="decode-worker")
+        self._reader = asyncio.create_task(self._read_replies(process.stdout),
+                                           name="decode-worker")
 
     @classmethod
-    async def start(cls, on_decoded: Callable[[str], None] = lambda kind: None
+    async def start(cls, on_decoded: Callable[[str], None] = lambda kind: None,
+                    on_restarted: Callable[[], None] = lambda: None,
+                    restart_after: tuple[float, float] = (RESTART_FIRST_S, RESTART_MAX_S)
                     ) -> DecodeWorker:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "node.decode_worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, limit=_READ_LIMIT)
-        return cls(process, on_decoded)
+        return cls(await _spawn(), on_decoded, on_restarted, restart_after)
 
     @property
     def alive(self) -> bool:
@@ -112,30 +128,67 @@ class DecodeWorker:
         self._requests.write(body)
         return future
 
-    async def _read_replies(self) -> None:
+    async def _read_replies(self, replies: asyncio.StreamReader) -> None:
         try:
             while True:
-                length, kind = _REPLY.unpack(await self._replies.readexactly(_REPLY.size))
-                payload = await self._replies.readexactly(length)
+                length, kind = _REPLY.unpack(await replies.readexactly(_REPLY.size))
+                payload = await replies.readexactly(length)
                 asked, future = self._waiting.popleft()
                 if kind == _DECODED:
                     self._on_decoded(_KINDS[asked])
                 if not future.done():
                     future.set_result(pickle.loads(payload) if kind == _DECODED else None)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            if self._alive:
+            if self._alive and not self._closing:
                 log.warning("the decoding process stopped; bodies are decoded on the event "
-                            "loop from now on", extra={"error": type(exc).__name__,
-                                                       "exit_code": self._process.returncode})
+                            "loop until a new one starts", extra={
+                                "error": type(exc).__name__,
+                                "exit_code": self._process.returncode,
+                                "restart_in_s": self._next_pause()})
         finally:
             self._alive = False
             while self._waiting:
                 _, future = self._waiting.popleft()
                 if not future.done():
                     future.set_result(None)
+            if not self._closing and self._restarter is None:
+                self._restarter = asyncio.create_task(self._restart(),
+                                                      name="decode-worker-restart")
+
+    def _next_pause(self) -> float:
+        """The pause before the next start: the back-off, unless the child lived a while."""
+        if time.monotonic() - self._started >= _LIVED_S:
+            return self._restart_first
+        return self._restart_in
+
+    async def _restart(self) -> None:
+        old = self._process
+        with contextlib.suppress(ProcessLookupError):
+            old.kill()  # its pipe ended, but it may linger: never two children at once
+        await old.wait()
+        while not self._closing:
+            pause = self._next_pause()
+            self._restart_in = min(pause * 2, self._restart_max)
+            await asyncio.sleep(pause)  # a back-off timer, not synchronisation
+            try:
+                process = await _spawn()
+            except OSError as exc:
+                log.warning("the decoding process could not be started", extra={
+                    "error": str(exc), "retry_in_s": self._restart_in})
+                self._started = time.monotonic()  # not a child that lived: keep backing off
+                continue
+            self._restarter = None
+            self._attach(process)
+            self._on_restarted()
+            log.info("the decoding process started again", extra={"pid": process.pid})
+            return
 
     async def close(self) -> None:
         """Let the child answer what it holds, then end it."""
+        self._closing = True
+        if self._restarter is not None:
+            self._restarter.cancel()
+            await asyncio.gather(self._restarter, return_exceptions=True)
         self._alive = False
         self._requests.close()
         try:
@@ -144,6 +197,12 @@ class DecodeWorker:
             self._process.kill()
             await self._process.wait()
         await asyncio.gather(self._reader, return_exceptions=True)
+
+
+async def _spawn() -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "node.decode_worker", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, limit=_READ_LIMIT)
 
 
 def _serve(requests: BinaryIO, replies: BinaryIO) -> None:

@@ -46,6 +46,7 @@ class Metrics:
     tree_size: int = 0
     requests: dict[str, int] = dataclasses.field(default_factory=dict)
     decoded_in_process: dict[str, int] = dataclasses.field(default_factory=dict)
+    decode_process_restarts: int = 0
     storage_failures: int = 0  # commits that failed: writes were suspended
     storage_recoveries: int = 0  # a single node resumed writes after one
     snapshots_installed: int = 0  # a cluster member's catch-ups from tiles
@@ -75,6 +76,9 @@ class Metrics:
 
     def count_decoded(self, kind: str) -> None:
         self.decoded_in_process[kind] = self.decoded_in_process.get(kind, 0) + 1
+
+    def count_decode_process_restart(self) -> None:
+        self.decode_process_restarts += 1
 
     def render(self) -> str:
         lines = [
@@ -115,6 +119,10 @@ class Metrics:
                   "# TYPE consent_ledger_decoded_in_process_total counter"]
         lines += [f'consent_ledger_decoded_in_process_total{{kind="{k}"}} {v}'
                   for k, v in sorted(self.decoded_in_process.items())]
+        lines += ["# HELP consent_ledger_decode_process_restarts_total Decoding processes "
+                  "started again after one died.",
+                  "# TYPE consent_ledger_decode_process_restarts_total counter",
+                  f"consent_ledger_decode_process_restarts_total {self.decode_process_restarts}"]
         lines += ["# HELP consent_ledger_snapshots_installed_total Raft snapshots this "
                   "cluster member installed, catching up from tiles.",
                   "# TYPE consent_ledger_snapshots_installed_total counter",

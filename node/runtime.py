@@ -180,7 +180,8 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
             if genesis is not None:
                 await sequencer.submit([(genesis, False)])
                 log.info("created log", extra={"origin": origin})
-            rt.decoder = await DecodeWorker.start(metrics.count_decoded) \
+            rt.decoder = await DecodeWorker.start(
+                metrics.count_decoded, metrics.count_decode_process_restart) \
                 if config.decode_process else None
             try:
                 yield rt

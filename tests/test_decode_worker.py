@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant
 from nodeclient import msgpack_body, now_ms, post, post_raw, register_controller
-from nodeproc import NodeProcess, children_of, wait_gone
+from nodeproc import NodeProcess, children_of, running, wait_gone
 
 from client.wire import decode_body
 from ledger.entry import LogEntry
@@ -125,22 +125,66 @@ async def test_closing_ends_the_child_after_it_answers_what_it_holds() -> None:
     assert await worker.decode(body, 1000) is None
 
 
-async def test_a_killed_child_leaves_decoding_to_the_loop(
+async def _until_alive(worker: DecodeWorker, timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not worker.alive:
+        assert asyncio.get_running_loop().time() < deadline, "no new decoding process"
+        await asyncio.sleep(0.01)  # polling the worker's own restart timer
+
+
+async def test_a_killed_child_leaves_decoding_to_the_loop_until_a_new_one_starts(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="consent_ledger.decode_worker")
-    worker = await DecodeWorker.start()
-    os.kill(worker.pid, signal.SIGKILL)
-    assert await worker.decode(msgpack_body(batch(30)), 1000) is None
+    caplog.set_level(logging.INFO, logger="consent_ledger.decode_worker")
+    restarts: list[int] = []
+    worker = await DecodeWorker.start(on_restarted=lambda: restarts.append(worker.pid),
+                                      restart_after=(0.5, 1.0))
+    first = worker.pid
+    os.kill(first, signal.SIGKILL)
+    body = msgpack_body(batch(30))
+    assert await worker.decode(body, 1000) is None
     assert not worker.alive
     assert await worker.submit_batch(encode_batch([b"\x80"] * 20_000)) is None
     assert any("decoding process stopped" in r.getMessage() for r in caplog.records)
+
+    await _until_alive(worker)
+    assert restarts == [worker.pid] and worker.pid != first
+    assert not running(first)  # reaped: one child at a time
+    same_envelopes(await worker.decode(body, 1000), decode_body(body, max_items=1000))
+    assert any("started again" in r.getMessage() for r in caplog.records)
     await worker.close()
+    assert not running(worker.pid)
+
+
+async def test_children_that_keep_dying_young_are_started_ever_more_slowly() -> None:
+    worker = await DecodeWorker.start(restart_after=(0.2, 0.8))
+    try:
+        pauses = []
+        for _ in range(4):
+            os.kill(worker.pid, signal.SIGKILL)
+            killed = asyncio.get_running_loop().time()
+            assert await worker.decode(msgpack_body(batch(2)), 1000) is None
+            await _until_alive(worker)
+            pauses.append(asyncio.get_running_loop().time() - killed)
+        # 0.2, 0.4, 0.8, then the ceiling: each start waits at least its back-off
+        assert [p >= want for p, want in zip(pauses, (0.2, 0.4, 0.8, 0.8), strict=True)] \
+            == [True] * 4, pauses
+    finally:
+        await worker.close()
+
+
+async def test_closing_while_a_new_child_is_due_starts_none() -> None:
+    worker = await DecodeWorker.start(restart_after=(30.0, 60.0))
+    first = worker.pid
+    os.kill(first, signal.SIGKILL)
+    assert await worker.decode(msgpack_body(batch(2)), 1000) is None
+    await worker.close()
+    assert worker.pid == first and not worker.alive
 
 
 # ---------------------------------------------------------------- in a real node
 
 
-async def test_a_node_decodes_large_bodies_in_its_child_and_outlives_it(
+async def test_a_node_decodes_large_bodies_in_its_child_and_starts_another_if_it_dies(
         tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "data", "--origin", "test.example/decode")
     node.start()
@@ -178,7 +222,22 @@ async def test_a_node_decodes_large_bodies_in_its_child_and_outlives_it(
             status, body, _ = await post(session, node.url, batch(300, first=20_000, key=key))
             assert status == 200, body
             assert len(body["results"]) == 300
+
+            # A new child, a second later: large bodies go to it again.
+            deadline = asyncio.get_running_loop().time() + 15
+            while not children_of(node.proc.pid, b"node.decode_worker"):
+                assert asyncio.get_running_loop().time() < deadline, node.stderr()
+                await asyncio.sleep(0.05)  # polling the node's restart timer
+            (second,) = children_of(node.proc.pid, b"node.decode_worker")
+            assert second != child and not running(child)
+            status, body, _ = await post(session, node.url, batch(300, first=40_000, key=key))
+            assert status == 200, body
+            async with session.get(node.url + "/metrics") as resp:
+                metrics = await resp.text()
+            assert 'consent_ledger_decoded_in_process_total{kind="body"} 3\n' in metrics
+            assert "consent_ledger_decode_process_restarts_total 1\n" in metrics
         assert "decoding process stopped" in node.stderr()
+        assert "decoding process started again" in node.stderr()
     finally:
         assert node.stop() == 0, node.stderr()
 
