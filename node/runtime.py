@@ -84,13 +84,21 @@ async def housekeeping_every(storage: Storage, size: Callable[[], int],
                              seconds: float) -> None:
     """Copy the WAL into the database; keep the ledger's growth out of the collector."""
     growing = GrowingState(size())
+    failing = False
     while True:
         await asyncio.sleep(seconds)  # a timer, not synchronisation
         growing.grew_to(size())
         try:
             await storage.checkpoint_wal()
         except Exception:  # a failed checkpoint loses nothing: the WAL still holds it all
-            log.exception("WAL checkpoint failed")
+            if not failing:  # once a spell: a full disk would fail it every second
+                log.exception("WAL checkpoint failed; tried again each second, and logged "
+                              "once it works")
+            failing = True
+        else:
+            if failing:
+                log.info("WAL checkpoint works again")
+            failing = False
 
 
 async def stop_sequencing(sequencer: Sequencer, task: asyncio.Task[None],

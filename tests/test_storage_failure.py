@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import resource
 import signal
@@ -30,6 +31,7 @@ from nodeproc import NodeProcess
 from client.verify_log import verify_log
 from ledger.signed import SignedEvent, sign_batch
 from node.cluster_cli import init_cluster
+from node.runtime import housekeeping_every
 from node.storage_failures import EXIT_RESTART
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,3 +260,32 @@ def test_cluster_up_restarts_a_member_that_asks_for_it(tmp_path: Path) -> None:
             pid = _pid_of(directory / f"{m.id}.toml")
             if pid is not None:
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_failing_wal_checkpoint_is_logged_once_a_spell(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk fails the checkpoint every second: one line when it starts failing,
+    one when it works again, not a traceback a second."""
+    # The checkpoints' outcomes, in turn: four fail, three work, three fail.
+    outcomes = [False] * 4 + [True] * 3 + [False] * 3
+    done = asyncio.get_running_loop().create_future()
+
+    class Checkpoints:  # only the call the housekeeping makes
+        async def checkpoint_wal(self) -> None:
+            if not outcomes:
+                if not done.done():
+                    done.set_result(None)
+                return
+            if not outcomes.pop(0):
+                raise OSError(27, "File too large")
+
+    caplog.set_level(logging.INFO, logger="consent_ledger.node")
+    task = asyncio.create_task(housekeeping_every(Checkpoints(), lambda: 0, 0.001))  # type: ignore[arg-type]
+    try:
+        await asyncio.wait_for(done, timeout=15)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("WAL checkpoint failed" in m for m in messages) == 2, messages
+    assert sum("WAL checkpoint works again" in m for m in messages) == 2, messages
