@@ -8,8 +8,8 @@ tlog-policy that clients trust: the log key and a majority of member cosignature
 
 `up` runs every member of DIR's cluster as its own process on loopback, waits until a
 leader has published the genesis entry, prints the members' URLs and keeps them running
-until interrupted; a member that dies is reported, not silently restarted, unless it
-exits asking for it (node/storage_failures.py's EXIT_RESTART, as systemd would).
+until interrupted: a member that dies is reported and started again, as the systemd
+units in deploy/ would (node/member_supervisor.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ledger.note import ALG_ED25519, format_verifier_key
 from ledger.signed import public_bytes, sign_event
 from node.cluster_config import ClusterConfig, Member, format_cluster, load_cluster
 from node.config import ConfigError, load_config
-from node.storage_failures import EXIT_RESTART
+from node.member_supervisor import MemberSupervisor
 
 MEMBERSHIP_RETRY_S = 20.0
 HOSTS_PORT = 8441  # every member's port when each has its own host (init --hosts)
@@ -179,72 +179,62 @@ async def wait_for_cluster(urls: Sequence[str], *, timeout: float,
 
 
 async def run_cluster(directory: Path, *, then: object = None, once: bool = False) -> int:
+    """Start every member, wait for a leader, run `then`; keep the members running
+    (node/member_supervisor.py) until SIGINT or SIGTERM, or until none is left."""
     cluster = load_cluster(directory / "cluster.toml")
-    procs: dict[str, asyncio.subprocess.Process] = {}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    def log_of(member_id: str) -> Path:
+        return directory / f"{member_id}.log"
+
     async def start(member_id: str) -> asyncio.subprocess.Process:
-        with open(directory / f"{member_id}.log", "ab") as log_file:  # the child keeps it
+        with open(log_of(member_id), "ab") as log_file:  # the child keeps it
             return await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "node.cli", "node",
                 "--config", str(directory / f"{member_id}.toml"),
                 stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
 
+    members = MemberSupervisor(start, log_of)
+    watching: asyncio.Future[None] | None = None
     try:
         for m in cluster.members:
-            procs[m.id] = await start(m.id)
+            await members.start(m.id)
 
-        def alive() -> None:
-            for member_id, proc in procs.items():
+        def alive() -> None:  # a member that cannot start is a configuration problem
+            for member_id, proc in members.procs.items():
                 if proc.returncode is not None:
                     raise ConfigError(f"member {member_id} exited with {proc.returncode}; "
-                                      f"see {directory / (member_id + '.log')}")
+                                      f"see {log_of(member_id)}")
 
         leader = await wait_for_cluster([m.url for m in cluster.members], timeout=30,
                                         alive=alive)
-        print(f"consent-ledger cluster {cluster.origin}: {len(procs)} members", flush=True)
+        print(f"consent-ledger cluster {cluster.origin}: {len(members.procs)} members",
+              flush=True)
         for m in cluster.members:
             print(f"  {m.id}  {m.url}{'  (leader)' if m.url == leader else ''}", flush=True)
         print(f"  trust policy: {directory / 'policy.txt'}", flush=True)
+        watching = asyncio.ensure_future(members.run())
         status = 0
         if callable(then):
             status = await then(leader, cluster)
             if once or status != 0:
                 return status
             print("\nThe cluster keeps serving; Ctrl-C stops it.", flush=True)
-        while True:
-            waiters = [asyncio.ensure_future(p.wait()) for p in procs.values()]
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
-            for waiter in [*waiters, stopper]:
-                waiter.cancel()
-            if stop.is_set():
-                return status
-            for member_id, proc in list(procs.items()):
-                if proc.returncode == EXIT_RESTART:
-                    # It asks for it (its disk failed, then recovered): as systemd would.
-                    print(f"consent-ledger: member {member_id} asked to be restarted; "
-                          "restarting it", file=sys.stderr, flush=True)
-                    procs[member_id] = await start(member_id)
-                elif proc.returncode is not None:
-                    print(f"consent-ledger: member {member_id} exited with "
-                          f"{proc.returncode}", file=sys.stderr)
-                    status = 1
-            if status:
-                return status
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([watching, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if stop.is_set():
+            return status
+        print("consent-ledger: every member has stopped", file=sys.stderr, flush=True)
+        return 1
     finally:
-        for proc in procs.values():
-            if proc.returncode is None:
-                proc.terminate()
-        for proc in procs.values():
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        await members.stop()
 
 
 def cluster_main(argv: Sequence[str]) -> int:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +21,8 @@ from nodeproc import NodeProcess
 from client.verify_log import verify_log
 from node.cluster_cli import init_cluster
 from node.cluster_config import ClusterConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def get_json(url: str, timeout: float = 2.0) -> Any:
@@ -94,3 +101,61 @@ class LocalCluster:
     def stop_all(self) -> None:
         for p in self.members.values():
             p.kill()
+
+
+class UpProcess:
+    """`consent-ledger cluster up --dir DIR` as a user runs it, members and all."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.config = init_cluster(directory, nodes=3, host="127.0.0.1", base_port=0,
+                                   origin=None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "cluster", "up", "--dir", str(directory)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        lines = [self.proc.stdout.readline() for _ in range(4)]  # the title, one per member
+        self.leader = next((line.split()[0] for line in lines if "(leader)" in line), None)
+        assert self.leader is not None, (lines, self.proc.stderr and self.proc.stderr.read())
+        self.url = {m.id: m.url for m in self.config.members}
+        self._said: list[str] = []
+
+    def wait_said(self, text: str, timeout: float = 60.0) -> None:
+        """Read what it writes to stderr until it has said `text`."""
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()  # read raw: a buffered reader hides lines from select
+        deadline = time.monotonic() + timeout
+        while text not in "".join(self._said):
+            left = deadline - time.monotonic()
+            assert left > 0, f"never said {text!r}: {self._said}"
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                assert chunk, f"exited without saying {text!r}: {self._said}"
+                self._said.append(chunk.decode())
+
+    def pid(self, member: str) -> int | None:
+        """The member's live process, found by its command line."""
+        found = subprocess.run(["pgrep", "-f", "--", f"--config {self.dir / member}.toml$"],
+                               capture_output=True, text=True).stdout.split()
+        return int(found[0]) if found else None
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, as Ctrl-C would: its exit status and what it wrote to stderr."""
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, "".join(self._said) + err
+
+    def kill_all(self) -> None:
+        """After a failed test: nothing of it left running."""
+        if self.proc.poll() is None:
+            self.proc.terminate()  # it stops its members
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for member in self.url:
+            pid = self.pid(member)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)

@@ -12,17 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import resource
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from clusterproc import LocalCluster
+from clusterproc import LocalCluster, UpProcess
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factories import grant
 from nodeclient import await_readiness, now_ms, post, register_controller
@@ -30,11 +26,8 @@ from nodeproc import NodeProcess
 
 from client.verify_log import verify_log
 from ledger.signed import SignedEvent, sign_batch
-from node.cluster_cli import init_cluster
 from node.runtime import housekeeping_every
 from node.storage_failures import EXIT_RESTART
-
-ROOT = Path(__file__).resolve().parents[1]
 
 BATCH = 40
 
@@ -195,34 +188,21 @@ def test_a_cluster_goes_on_without_a_member_whose_disk_fails_and_it_rejoins_once
         cluster.stop_all()
 
 
-def _pid_of(config: Path) -> int | None:
-    found = subprocess.run(["pgrep", "-f", "--", f"--config {config}$"], capture_output=True,
-                           text=True).stdout.split()
-    return int(found[0]) if found else None
-
-
 def test_cluster_up_restarts_a_member_that_asks_for_it(tmp_path: Path) -> None:
     """`consent-ledger cluster up` supervises its members as systemd would: a member that
     exits asking to be restarted, after its disk failed and recovered, is started again."""
-    directory = tmp_path / "cluster"
-    config = init_cluster(directory, nodes=3, host="127.0.0.1", base_port=0, origin=None)
-    up = subprocess.Popen([sys.executable, "-m", "node.cli", "cluster", "up", "--dir",
-                           str(directory)], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+    up = UpProcess(tmp_path / "cluster")
     try:
-        assert up.stdout is not None
-        lines = [up.stdout.readline() for _ in range(4)]  # the title, then one per member
-        leader = next(line.split()[0] for line in lines if "(leader)" in line)
-        failing = next(m.id for m in config.members if m.id != leader)
-        url = {m.id: m.url for m in config.members}
-        first_pid = _pid_of(directory / f"{failing}.toml")
+        leader, url = up.leader, up.url
+        failing = next(m for m in url if m != leader)
+        first_pid = up.pid(failing)
         assert first_pid is not None
 
         async def scenario() -> None:
             loop = asyncio.get_running_loop()
             async with aiohttp.ClientSession() as s:
                 key = await register_controller(s, url[leader],
-                                                directory / "keys" / "operator.key")
+                                                up.dir / "keys" / "operator.key")
                 _limit_file_size(first_pid, 1)
                 status, body, _ = await post(s, url[leader], _batch(key, 0))
                 assert status == 200, body
@@ -233,7 +213,7 @@ def test_cluster_up_restarts_a_member_that_asks_for_it(tmp_path: Path) -> None:
                     size = (await resp.json())["published_size"]
                 deadline = loop.time() + 60
                 while True:  # a new process, caught up
-                    pid = _pid_of(directory / f"{failing}.toml")
+                    pid = up.pid(failing)
                     with contextlib.suppress(aiohttp.ClientError):
                         async with s.get(f"{url[failing]}/v1/cluster") as resp:
                             if pid not in (None, first_pid) and resp.status == 200 \
@@ -243,23 +223,12 @@ def test_cluster_up_restarts_a_member_that_asks_for_it(tmp_path: Path) -> None:
                     await asyncio.sleep(0.05)
 
         asyncio.run(scenario())
-        up.send_signal(signal.SIGTERM)
-        _, err = up.communicate(timeout=60)
-        assert up.returncode == 0, err
+        status, err = up.stop()
+        assert status == 0, err
         assert f"member {failing} asked to be restarted" in err
-        assert all(_pid_of(directory / f"{m.id}.toml") is None for m in config.members)
+        assert all(up.pid(m) is None for m in url)
     finally:
-        if up.poll() is None:
-            up.terminate()  # it stops its members
-            try:
-                up.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
-        for m in config.members:
-            pid = _pid_of(directory / f"{m.id}.toml")
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
+        up.kill_all()
 
 
 async def test_a_failing_wal_checkpoint_is_logged_once_a_spell(
