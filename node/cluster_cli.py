@@ -1,4 +1,5 @@
-"""`consent-ledger cluster init | up`: make a cluster's files, run a local cluster.
+"""`consent-ledger cluster init | up | status`: make a cluster's files, run a local
+cluster, see how it is.
 
 `init` writes, under DIR: cluster.toml (members, URLs, pinned keys, the log key), one
 <member>.toml per member (what `consent-ledger node --config` reads), keys/ (the log's
@@ -10,6 +11,9 @@ tlog-policy that clients trust: the log key and a majority of member cosignature
 leader has published the genesis entry, prints the members' URLs and keeps them running
 until interrupted: a member that dies is reported and started again, as the systemd
 units in deploy/ would (node/member_supervisor.py).
+
+`status` asks every member for its view and says whether the cluster takes writes
+(node/cluster_status.py).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from ledger.cosignature import cosigner_verifier_key
 from ledger.events import Genesis
 from ledger.note import ALG_ED25519, format_verifier_key
 from ledger.signed import public_bytes, sign_event
+from node import cluster_status
 from node.cluster_config import ClusterConfig, Member, format_cluster, load_cluster
 from node.config import ConfigError, load_config
 from node.member_supervisor import MemberSupervisor
@@ -257,6 +262,10 @@ def cluster_main(argv: Sequence[str]) -> int:
                       help="members pinned in the cluster file but not voters until added")
     up = sub.add_parser("up", help="run every member of a local cluster")
     up.add_argument("--dir", type=Path, required=True)
+    status = sub.add_parser("status", help="every member's view: roles, sizes, lag, "
+                            "readiness; exits 1 unless the cluster takes writes")
+    status.add_argument("--dir", type=Path, required=True)
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     for action in ("add", "remove"):
         change = sub.add_parser(action, help=f"{action} one voter (signed by the operator key)")
         change.add_argument("--dir", type=Path, required=True)
@@ -267,6 +276,8 @@ def cluster_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.action in ("add", "remove"):
         return asyncio.run(_change_membership(args))
+    if args.action == "status":
+        return _status(load_cluster(args.dir / "cluster.toml"), as_json=args.json)
     if args.action == "init":
         hosts = None if args.hosts is None else [h.strip() for h in args.hosts.split(",")]
         default_port = LOOPBACK_PORT if hosts is None else HOSTS_PORT
@@ -280,6 +291,18 @@ def cluster_main(argv: Sequence[str]) -> int:
         return 0
     load_config(file=args.dir / "n1.toml")  # fail early, in one line, on a broken directory
     return asyncio.run(run_cluster(args.dir))
+
+
+def _status(cluster: ClusterConfig, *, as_json: bool) -> int:
+    views = asyncio.run(cluster_status.gather_views(cluster))
+    healthy, summary = cluster_status.judge(views, cluster)
+    if as_json:
+        print(cluster_status.as_json(views, healthy, summary))
+    else:
+        print(f"{cluster.origin}: {summary}")
+        for line in cluster_status.render(views):
+            print("  " + line)
+    return 0 if healthy else 1
 
 
 async def _demo(directory: Path, leader: str, events: int) -> int:
