@@ -44,6 +44,8 @@ def run_command(command: str, body: Callable[[], str]) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise  # nobody reads the output any more: the entry point ends quietly
     except (ClientError, LedgerError, OSError, aiohttp.ClientError, TimeoutError) as exc:
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +46,16 @@ async def _serve(config: NodeConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Whoever read the output went away (`| head`): the rest has no reader, and
+        # Python's own flush at exit must not fail on it either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what a shell reports for a command SIGPIPE ended
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in NODE_COMMANDS:
         from client.cli import main as client_main
@@ -81,6 +93,8 @@ def _reporting_errors(run: Callable[[], int]) -> int:
     """Run a command; errors reach the user as one line and a non-zero exit."""
     try:
         return run()
+    except BrokenPipeError:
+        raise  # nobody reads the output any more: main() ends quietly
     except (ConfigError, StorageError, ClientError, LedgerError, OSError) as exc:
         print(f"consent-ledger: error: {one_line(exc)}", file=sys.stderr)
         return 1

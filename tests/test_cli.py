@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from cliutil import cli
@@ -75,3 +76,17 @@ def test_unreadable_key_file_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "log.key" in result.stderr
+
+
+def test_output_to_a_reader_that_went_away_ends_quietly(tmp_path: Path) -> None:
+    """`consent-ledger ... | head -1`: the rest of the output has no reader; no traceback."""
+    run("cluster", "init", "--dir", str(tmp_path / "cluster"), "--base-port", "0")
+    for args in (["keygen", "--out", str(tmp_path / "k.key")], ["--help"],
+                 ["cluster", "status", "--dir", str(tmp_path / "cluster")]):
+        proc = subprocess.Popen([sys.executable, "-m", "node.cli", *args], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        proc.stdout.close()  # before the command (still importing) writes a byte
+        _, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err and "Broken pipe" not in err, err
+        assert proc.returncode == 141, (args, proc.returncode, err)
