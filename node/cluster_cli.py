@@ -300,7 +300,7 @@ def _status(cluster: ClusterConfig, *, as_json: bool) -> int:
         print(cluster_status.as_json(views, healthy, summary))
     else:
         print(f"{cluster.origin}: {summary}")
-        for line in cluster_status.render(views):
+        for line in cluster_status.render(views, cluster_status.voters_now(views, cluster)):
             print("  " + line)
     return 0 if healthy else 1
 

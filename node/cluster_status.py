@@ -57,11 +57,18 @@ async def _view(session: aiohttp.ClientSession, member: str, url: str) -> Member
     return MemberView(member, url, info, ready, why)
 
 
+def voters_now(views: Sequence[MemberView], cluster: ClusterConfig) -> set[str]:
+    """The voters as the member in the newest term knows them (members are added and
+    removed after `cluster init`); the cluster file's if none answered."""
+    newest = max((v.info for v in views if v.info is not None),
+                 key=lambda info: info["term"], default=None)
+    return set(newest["voters"]) if newest is not None else set(cluster.voters)
+
+
 def judge(views: Sequence[MemberView], cluster: ClusterConfig) -> tuple[bool, str]:
     """Whether the cluster takes writes, and a line saying why."""
     answered = {v.id: v.info for v in views if v.info is not None}
-    newest = max(answered.values(), key=lambda info: info["term"], default=None)
-    voters = set(newest["voters"]) if newest is not None else set(cluster.voters)
+    voters = voters_now(views, cluster)
     quorum = len(voters) // 2 + 1
     followed = Counter(answered[v.id]["leader"] for v in views
                        if v.id in answered and v.id in voters and v.ready
@@ -80,14 +87,15 @@ def judge(views: Sequence[MemberView], cluster: ClusterConfig) -> tuple[bool, st
                   f"ready and following it")
 
 
-def render(views: Sequence[MemberView]) -> list[str]:
+def render(views: Sequence[MemberView], voters: set[str]) -> list[str]:
     lag = {r["member"]: r["lag"] for v in views if v.info and v.info.get("replication")
            for r in v.info["replication"]}
     rows = [("member", "url", "role", "term", "leader", "checkpoint", "published", "lag",
              "ready")]
     for v in views:
         i = v.info or {}
-        rows.append((v.id, v.url, str(i.get("role", "-")), str(i.get("term", "-")),
+        role = str(i.get("role", "-")) + ("" if v.id in voters else " (not a voter)")
+        rows.append((v.id, v.url, role, str(i.get("term", "-")),
                      str(i.get("leader") or "-"), str(i.get("checkpoint_size", "-")),
                      str(i.get("published_size", "-")), str(lag.get(v.id, "-")),
                      "yes" if v.ready else f"no: {v.why}"))

@@ -17,11 +17,11 @@ def _status(cluster: LocalCluster, *flags: str) -> tuple[int, str]:
 
 def test_status_shows_each_members_view_and_whether_writes_can_be_taken(
         tmp_path: Path) -> None:
-    cluster = LocalCluster(tmp_path / "cluster")
+    cluster = LocalCluster(tmp_path / "cluster", spares=1)  # n4: pinned, not yet a voter
     cluster.start()
     try:
         leader = cluster.wait_leader()
-        followers = [m for m in cluster.members if m != leader]
+        followers = [m for m in cluster.members if m not in (leader, "n4")]
         for m in followers:
             cluster.wait_published(m, 1)
         code, out = _status(cluster)
@@ -29,6 +29,7 @@ def test_status_shows_each_members_view_and_whether_writes_can_be_taken(
         assert f"{leader} leads term" in out and "3 of 3 voters ready" in out
         rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
         assert set(rows) == set(cluster.members)
+        assert rows["n4"][3:6] == ["(not", "a", "voter)"]
         assert rows[leader][2] == "leader"
         assert all(rows[m][2] == "follower" and rows[m][4] == leader for m in followers)
         assert all(rows[m][-1] == "yes" for m in cluster.members)
@@ -45,7 +46,8 @@ def test_status_shows_each_members_view_and_whether_writes_can_be_taken(
         assert code == 1
         report = json.loads(out)
         assert report["healthy"] is False
-        assert [m["id"] for m in report["members"] if m["info"] is not None] == [followers[1]]
+        assert [m["id"] for m in report["members"] if m["info"] is not None] \
+            == [followers[1], "n4"]
     finally:
         cluster.stop_all()
 
