@@ -20,9 +20,9 @@ keeps a million keys fast and within a few hundred megabytes:
 
 `shift` is 255 - depth, so that a key's bit at the branching is `k >> shift & 1` on
 the key as an integer, and -1 (no branching) marks a leaf. `hash` is None only
-while set_many has the node pending, between placing a leaf and rehashing. The map only
-grows: a status, once recorded, is replaced by the next one, never removed, so there is
-no deletion.
+while set_many has the node pending, between placing a leaf and rehashing. A status,
+once recorded, is replaced by the next one, never removed; only a cluster member
+undoing what its log did not keep deletes keys (delete_many).
 """
 
 from __future__ import annotations
@@ -182,6 +182,38 @@ class StatusMap:
         buckets = {k >> _BUCKET_SHIFT for k in ints}
         for bucket in buckets:
             bottom[bucket] = subtrees[bucket][3]
+        self._rehash_levels(buckets)
+
+    def delete_many(self, keys: Iterable[bytes]) -> None:
+        """Remove keys (absent ones are passed over): how a cluster member undoes
+        statuses its log did not keep (ledger/undo.py). A removed leaf's branching goes
+        with it and its sibling takes its place, as if the key had never been set."""
+        subtrees, sha, prefix = self._subtrees, _sha256, _PREFIX_BY_SHIFT
+        buckets: set[int] = set()
+        for key in set(keys):
+            k = int.from_bytes(key, "big")
+            bucket = k >> _BUCKET_SHIFT
+            node = subtrees[bucket]
+            path: list[Node] = []
+            while node is not None and node[0] >= 0:
+                path.append(node)
+                node = node[2] if k >> node[0] & 1 else node[1]
+            if node is None or node[1] != key:
+                continue
+            if path:
+                parent = path.pop()
+                sibling = parent[1] if k >> parent[0] & 1 else parent[2]
+                self._replace(bucket, path[-1] if path else None, k, sibling)
+                for above in reversed(path):
+                    above[3] = sha(prefix[above[0]] + above[1][3] + above[2][3]).digest()
+            else:
+                subtrees[bucket] = None
+            self._len -= 1
+            buckets.add(bucket)
+        bottom = self._levels[TOP_BITS]
+        for bucket in buckets:
+            subtree = subtrees[bucket]
+            bottom[bucket] = None if subtree is None else subtree[3]
         self._rehash_levels(buckets)
 
     def _rehash_levels(self, buckets: Iterable[int]) -> None:

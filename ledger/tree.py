@@ -45,6 +45,17 @@ class MerkleTree:
     def size(self) -> int:
         return self._size
 
+    def prefix(self, size: int) -> MerkleTree:
+        """A new tree of this one's first `size` leaves (a cluster member's ledger going
+        back to what its log holds). A new object, so that whatever indexed this one
+        (node/leaf_index.py) sees a different tree."""
+        self._check_size(size)
+        tree = MerkleTree()
+        tree._levels = [bytearray(memoryview(row)[:(size >> level) * HASH_SIZE])
+                        for level, row in enumerate(self._levels) if size >> level or not level]
+        tree._size = size
+        return tree
+
     def append(self, leaf_hash: bytes) -> int:
         """Add one leaf hash; returns its index. Amortised one node hash per leaf."""
         if len(leaf_hash) != HASH_SIZE:

@@ -435,3 +435,39 @@ def test_a_map_built_from_sorted_keys_is_the_map_set_many_makes(items: dict[byte
     if len(keys) > 1:
         with pytest.raises(ValueError, match=r"^\[1\]: keys are not in increasing order"):
             StatusMap.from_sorted([keys[1], keys[0]], [items[keys[1]], items[keys[0]]])
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=st.dictionaries(keys_st, values_st, max_size=24), data=st.data())
+def test_deleting_keys_leaves_the_map_of_the_rest(items: dict[bytes, bytes],
+                                                  data: st.DataObject) -> None:
+    m = StatusMap()
+    m.set_many(items.items())
+    gone = data.draw(st.sets(st.sampled_from(sorted(items))) if items else st.just(set()))
+    absent = [k for k in data.draw(st.lists(keys_st, max_size=3)) if k not in items]
+    m.delete_many([*gone, *absent, *gone])  # absent keys and repeats are passed over
+    rest = {k: v for k, v in items.items() if k not in gone}
+    assert m.root() == ref_root(rest)
+    assert len(m) == len(rest)
+    assert [leaf[1] for leaf in m.leaves()] == sorted(rest)
+    for k in [*items, *absent]:
+        assert m.get(k) == rest.get(k)
+        assert m.prove(k) == ref_proof(rest, k)
+    # And it goes on as a map of the rest would.
+    m.set_many(list(items.items())[:3])
+    rest.update(list(items.items())[:3])
+    assert m.root() == ref_root(rest)
+
+
+def test_deleting_across_the_dense_levels() -> None:
+    def key(prefix: int, rest: int) -> bytes:
+        return prefix.to_bytes(2, "big") + rest.to_bytes(30, "big")
+
+    pool = [key(0, 0), key(0, 1), key(0, 1 << 239), key(1, 0), key(0x8000, 5),
+            key(0xFFFF, 0), key(0xFFFE, 2**240 - 1), key(0x7FFF, 3)]
+    items = {k: value(i) for i, k in enumerate(pool)}
+    for i in range(len(pool)):
+        m = StatusMap.from_sorted(sorted(items), [items[k] for k in sorted(items)])
+        m.delete_many(pool[i:])
+        rest = {k: items[k] for k in pool[:i]}
+        assert m.root() == ref_root(rest) and len(m) == i

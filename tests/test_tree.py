@@ -113,3 +113,24 @@ def test_edge_hash_memo_stays_correct_while_the_tree_grows() -> None:
         # An older size keeps giving the proofs it gave before the tree grew.
         old = size // 2 or 1
         assert tree.inclusion_proof(0, old) == merkle.prove_inclusion(0, old, tree.read_hashes)
+
+
+@settings(max_examples=100, deadline=None)
+@given(size=st.integers(0, 300), cut=st.data(), more=st.integers(0, 40))
+def test_a_prefix_is_the_tree_of_its_leaves_and_grows_like_it(
+        size: int, cut: st.DataObject, more: int) -> None:
+    leaves = LEAVES[:size + more]
+    tree = MerkleTree.from_leaf_hashes(leaves[:size])
+    keep = cut.draw(st.integers(0, size))
+    head = tree.prefix(keep)
+    fresh = MerkleTree.from_leaf_hashes(leaves[:keep])
+    assert head is not tree and head.size == keep
+    assert head._levels == fresh._levels
+    assert tree.size == size  # the original is untouched
+    for i, h in enumerate(leaves[keep:], keep):  # and both grow alike from there
+        assert head.append(h) == fresh.append(h) == i
+    assert head._levels == fresh._levels and head.root() == fresh.root()
+    if head.size:
+        assert head.inclusion_proof(0) == fresh.inclusion_proof(0)
+    with pytest.raises(IndexError):
+        tree.prefix(size + 1)
