@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 from ledger.codec import build_checked
 from ledger.commitment import token_matches
@@ -34,6 +35,7 @@ from ledger.events import (
 from ledger.signed import SignedEvent, key_id, verify_signature
 from ledger.smt import StatusMap, map_key
 from ledger.status import ConsentStatus, PurposeStatus
+from ledger.undo import MISSING, UndoLog, Write
 
 
 @dataclasses.dataclass
@@ -88,6 +90,8 @@ class LedgerState:
         self.map = StatusMap()
         self._map_dirty: dict[bytes, bytes] = {}
         self.event_index: dict[bytes, int] = {}  # event hash -> its entry
+        self._undo: UndoLog | None = None  # kept by a cluster member: see ledger/undo.py
+        self._writes: list[Write] | None = None  # the entry being applied, if journalled
 
     # ---------------------------------------------------------------- queries
 
@@ -259,22 +263,27 @@ class LedgerState:
     def _apply(self, entry: LogEntry) -> None:
         signed, index = entry.signed, entry.index
         body = signed.body
+        w = None if self._undo is None else self._undo.begin(self.size, self._scalars())
+        self._writes = w
         match body:
             case Genesis():
                 self.origin = body.origin
                 self.operator_key_id = key_id(body.operator_key)
                 self.max_skew_ms = body.max_skew_ms
-                self.keys[self.operator_key_id] = KeyState(None, body.operator_key, index)
+                self._put(self.keys, self.operator_key_id,
+                          KeyState(None, body.operator_key, index))
             case ControllerRegister():
-                self.controllers[body.controller] = body
-                self.keys[key_id(body.key)] = KeyState(body.controller, body.key, index)
+                self._put(self.controllers, body.controller, body)
+                self._put(self.keys, key_id(body.key), KeyState(body.controller, body.key, index))
             case ControllerRotate():
-                self.keys[body.old_key_id].retired_at = index
-                self.keys[key_id(body.key)] = KeyState(body.controller, body.key, index)
+                self._retire(self.keys[body.old_key_id], index)
+                self._put(self.keys, key_id(body.key), KeyState(body.controller, body.key, index))
             case ControllerRetire():
-                self.keys[body.key_id].retired_at = index
+                self._retire(self.keys[body.key_id], index)
             case Grant():
                 gid = signed.id
+                if w is not None:
+                    w.append((self.grants, gid, self.grants.get(gid, MISSING)))
                 self.grants[gid] = GrantState(index, body.controller, body.subject,
                                               body.purposes, body.valid_until, body.token_hash)
                 # One status for every purpose of the grant: built and hashed once.
@@ -286,14 +295,28 @@ class LedgerState:
                                      value_hash)
             case Revoke():
                 self._apply_revoke(body, index)
+        if w is not None:
+            w.append((self.event_index, signed.id, self.event_index.get(signed.id, MISSING)))
         self.event_index[signed.id] = index
         self.last_time = entry.time
         self.size = index + 1
         self.prev = entry.leaf_hash
 
+    def _put(self, d: dict[Any, Any], key: Any, value: Any) -> None:
+        if self._writes is not None:
+            self._writes.append((d, key, d.get(key, MISSING)))
+        d[key] = value
+
+    def _retire(self, key: KeyState, index: int) -> None:
+        if self._writes is not None:
+            self._writes.append((key, "retired_at", key.retired_at))
+        key.retired_at = index
+
     def _apply_revoke(self, body: Revoke, index: int) -> None:
         if body.grant is not None:
             grant = self.grants[body.grant]
+            if self._writes is not None:
+                self._writes.append((grant, "revoked_at", grant.revoked_at))
             grant.revoked_at = index
             keys = [(grant.controller, grant.subject, p) for p in grant.purposes]
             only_grant: bytes | None = body.grant
@@ -313,6 +336,8 @@ class LedgerState:
 
     def _set_status(self, key: tuple[str, bytes, str], status: PurposeStatus,
                     value_hash: bytes | None = None) -> None:
+        if self._writes is not None:
+            self._writes.append((self.statuses, key, self.statuses.get(key, MISSING)))
         self.statuses[key] = status
         # The map itself is updated in one pass per batch, when its root is asked for.
         self._map_dirty[map_key(*key)] = value_hash or status.value_hash()
@@ -328,3 +353,43 @@ class LedgerState:
             self.map.set_many(self._map_dirty.items())
             self._map_dirty = {}
         return self.map.root()
+
+    # ---------------------------------------------------------------- taking back
+
+    def keep_undo(self) -> None:
+        """Journal from now on what each entry changes, so that roll_back can take it
+        back (a cluster member, which applies entries before a majority stored them)."""
+        if self._undo is None:
+            self._undo = UndoLog()
+
+    def forget_undo(self, before: int) -> None:
+        """Entries below `before` are committed: they will never be taken back."""
+        if self._undo is not None:
+            self._undo.forget_before(before)
+
+    def roll_back(self, size: int) -> None:
+        """The state after the first `size` entries, by undoing the later ones.
+
+        ValueError, with nothing changed, unless every entry from `size` on was applied
+        since keep_undo() and not forgotten."""
+        if size == self.size:
+            return
+        if self._undo is None:
+            raise ValueError("this state keeps no journal to go back with")
+        scalars, undone = self._undo.undo_to(size)
+        (self.size, self.prev, self.last_time, self.origin, self.operator_key_id,
+         self.max_skew_ms) = scalars
+        self._writes = None
+        # The map is derived from the statuses (the map with its pending updates applied
+        # holds each status's value hash): the keys the undone entries set, in the map or
+        # pending, go back to what the restored statuses say.
+        touched = {k for target, k, _ in undone if target is self.statuses}
+        fixed = [(map_key(*k), self.statuses.get(k)) for k in touched]
+        for mk, _ in fixed:
+            self._map_dirty.pop(mk, None)
+        self.map.set_many([(mk, st.value_hash()) for mk, st in fixed if st is not None])
+        self.map.delete_many([mk for mk, st in fixed if st is None])
+
+    def _scalars(self) -> tuple[Any, ...]:
+        return (self.size, self.prev, self.last_time, self.origin, self.operator_key_id,
+                self.max_skew_ms)
