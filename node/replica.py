@@ -73,6 +73,7 @@ from node.recovery import recover, replay_entries, restore_snapshot
 from node.replica_storage import RaftRow, ReplicaStorage
 from node.sequencer import UnavailableError
 from node.snapshots import Snapshotter
+from node.storage import StoredEntry
 
 if TYPE_CHECKING:
     from node.runtime import NodeRuntime
@@ -135,6 +136,7 @@ class Replica:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        self._rt.state.keep_undo()  # what it applies beyond its disk can be taken back
         self._session = aiohttp.ClientSession()
         for m in self.cluster.members:
             if m.id != self.member:
@@ -454,6 +456,7 @@ class Replica:
         committed = self._ends.get(min(raft_commit, self._persisted_last))
         if committed is not None and committed > self.committed_size:
             self.committed_size = committed
+            self._rt.state.forget_undo(committed)  # never taken back now
             self._publish.set()
 
     def _send(self, messages: list[Message]) -> None:
@@ -571,8 +574,7 @@ class Replica:
         self._proposed.clear()
         self._payloads.clear()
         self._decoding.clear()
-        self._rt.state, self._rt.tree = state, tree
-        self._rt.sequencer.reset(state, tree)
+        self._adopt(state, tree)
         self._dirty = False
         self._installing = False
         self.cosigner.entries_persisted()
@@ -634,16 +636,53 @@ class Replica:
         return await _decode_entries(batch_entries(payload))
 
     async def _reload(self) -> None:
-        """Rebuild the ledger in memory from what is durable (after a truncation)."""
-        state, tree, _ = await recover(self._storage, self._open_note, uncommitted_tail=True)
-        self._rt.state, self._rt.tree = state, tree
-        self._rt.sequencer.reset(state, tree)
+        """Bring the ledger in memory back to what is durable (after a truncation, or
+        writes admitted that the log never took): the entries beyond the disk taken
+        back, or, if memory cannot, the ledger reloaded from disk."""
+        started = time.perf_counter()
+        # First of all: no batch admitted so far may still be committed, nor admission
+        # go on (the sequencer checks between chunks) while the ledger goes back.
+        self._rt.sequencer.reset(self._rt.state, self._rt.tree)
+        size = self._ends.get(self._persisted_last)
+        last = await self._storage.iter_entries(size - 1, chunk=1) if size else []
+        state, beyond = self._rt.state, self._rt.state.size
+        if size is not None and self._rolled_back(state, size, last):
+            tree = self._rt.tree.prefix(size)
+            log.info("took back the entries the log did not keep", extra={
+                "size": size, "taken_back": beyond - size,
+                "seconds": round(time.perf_counter() - started, 3)})
+        else:
+            state, tree, _ = await recover(self._storage, self._open_note,
+                                           uncommitted_tail=True)
+            log.info("reloaded the ledger from disk", extra={"size": state.size})
+        self._adopt(state, tree)
         self._state_last = self._persisted_last
         self._proposed.clear()
         self._dirty = False
         if self.raft.role == "leader":
             self._publish.set()  # a leader's first checkpoint may have waited for this
-        log.info("reloaded the ledger from disk", extra={"size": state.size})
+
+    @staticmethod
+    def _rolled_back(state: LedgerState, size: int, last: list[StoredEntry] | None) -> bool:
+        """Take back the state's entries from `size` on; whether it then ends as the log
+        on disk does (`last`: its entry size - 1). If not, the caller reloads from disk."""
+        try:
+            state.roll_back(size)
+        except ValueError as exc:  # applied before its journal began: a restart's tail
+            log.info("reloading the ledger from disk", extra={"reason": str(exc)})
+            return False
+        if size and (not last or last[0].index != size - 1 or last[0].leaf != state.prev):
+            log.error("the ledger taken back does not end as the log on disk does; "
+                      "reloading from disk", extra={"size": size})
+            return False
+        return True
+
+    def _adopt(self, state: LedgerState, tree: MerkleTree) -> None:
+        """Make `state` and `tree` the ledger in memory that the sequencer builds on;
+        what it applies beyond the disk from now on can be taken back."""
+        state.keep_undo()
+        self._rt.state, self._rt.tree = state, tree
+        self._rt.sequencer.reset(state, tree)
 
     def _open_note(self, note: bytes) -> Checkpoint:
         return open_checkpoint(note, self._log_verifier)[0]

@@ -117,6 +117,7 @@ class Sequencer:
         may_sequence: Callable[[], bool] = lambda: True,
     ) -> None:
         self._state = state
+        self._epoch = 0  # counts reset(): a batch admitted before one is never committed
         # A cluster member sequences only while it leads: what it admitted otherwise would
         # put its ledger in memory ahead of its log, under its new leader's batches.
         self._may_sequence = may_sequence
@@ -170,11 +171,14 @@ class Sequencer:
         return submission.future
 
     def reset(self, state: LedgerState, tree: MerkleTree) -> None:
-        """Sequence onto a ledger reloaded from disk (a cluster member after a truncation).
+        """Sequence onto a ledger brought back to what the log holds (a cluster member
+        after a truncation, or after losing its leadership: reloaded from disk, or the
+        same state rolled back).
 
-        A batch admitted onto the old ledger but not yet handed to `commit` is dropped
-        (its submitters are told to retry), never committed on top of the new one."""
+        A batch admitted before, and not yet handed to `commit`, is dropped (its
+        submitters are told to retry), never committed on top of the ledger now."""
         self._state, self._tree = state, tree
+        self._epoch += 1
 
     @contextlib.asynccontextmanager
     async def map_as_published(self) -> AsyncIterator[None]:
@@ -306,7 +310,7 @@ class Sequencer:
             self._fail_pending(UnavailableError("this member no longer leads the cluster; "
                                                 "retry: writes are idempotent"))
             return
-        state, tree = self._state, self._tree
+        state, tree, epoch = self._state, self._tree, self._epoch
         old_size = tree.size
         now = max(self._clock_ms(), state.last_time)  # a clock stepped back must not show
         taken: list[tuple[_Pending, Outcome]] = []
@@ -334,6 +338,15 @@ class Sequencer:
             taken.append((p, outcome))
             if len(taken) % ADMIT_CHUNK == 0:
                 await asyncio.sleep(0)  # requests, replication and replies in between
+                if self._epoch != epoch:  # the ledger went back meanwhile: this batch too
+                    retry = UnavailableError("the ledger was brought back to its log while "
+                                             "this write was admitted; retry: writes are "
+                                             "idempotent")
+                    for p, _ in taken:
+                        p.submission.fail(retry)
+                    if not self._in_flight:
+                        self._map_stable.set()
+                    return
                 if not self._may_sequence():
                     break  # what was taken fails at its commit; the rest at the next batch
         self._metrics.queue_depth = len(self._queue)
@@ -346,7 +359,7 @@ class Sequencer:
                                now, signature_verified=True)
             tree.append(root.leaf_hash)
             rows.append((root.index, root.signed.id, root.leaf_hash, root.encoded))
-            commit = asyncio.ensure_future(self._commit_onto(state, rows, old_size, tree.size))
+            commit = asyncio.ensure_future(self._commit_onto(epoch, rows, old_size, tree.size))
         previous = self._in_flight[-1] if self._in_flight else None
         self._in_flight.append(asyncio.ensure_future(self._settle(
             commit, previous, taken, len(rows), tree.size, time.perf_counter())))
@@ -355,11 +368,11 @@ class Sequencer:
         while len(self._in_flight) >= self._max_in_flight:
             await asyncio.wait([self._in_flight[0]])
 
-    async def _commit_onto(self, state: LedgerState, rows: list[tuple[int, bytes, bytes, bytes]],
+    async def _commit_onto(self, epoch: int, rows: list[tuple[int, bytes, bytes, bytes]],
                            old_size: int, new_size: int) -> bytes:
-        if state is not self._state:
-            raise UnavailableError("the ledger was reloaded while this batch waited to be "
-                                   "committed; retry: writes are idempotent")
+        if epoch != self._epoch:
+            raise UnavailableError("the ledger was brought back to its log while this batch "
+                                   "waited to be committed; retry: writes are idempotent")
         return await self._commit(rows, old_size, new_size)
 
     async def _settle(self, commit: asyncio.Future[bytes] | None,

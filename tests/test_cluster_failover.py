@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import time
@@ -175,3 +176,57 @@ def test_a_leader_cut_off_in_a_minority_acknowledges_nothing(cluster: LocalClust
     body = asyncio.run(write_again())
     indexes = [r["index"] for r in body["results"]]
     assert indexes == sorted(set(indexes))  # once each, no duplicate entries
+
+
+def test_a_deposed_leader_takes_back_what_its_log_did_not_keep(tmp_path: Path) -> None:
+    """A leader admits and proposes a batch no other member receives; the others elect a
+    new leader and commit other entries at those indexes. Back, the old leader truncates
+    its log and takes the batch back out of its ledger in memory, not by replaying its
+    log from disk (seconds on a long log), and it serves the new leader's log."""
+    cluster = LocalCluster(tmp_path / "cluster")
+    cluster.start()
+    try:
+        old = cluster.wait_leader()
+        others = [m for m in cluster.members if m != old]
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as s:
+                key = await register_controller(s, cluster.url(old), cluster.operator_key)
+                t = now_ms()
+
+                def batch(tag: int) -> list:  # type: ignore[type-arg]
+                    return sign_batch([grant(subject=bytes([tag, i]) * 16, consented_at=t,
+                                             valid_until=t + 10**9) for i in range(5)], key)
+
+                for m in others:  # gone: nobody receives what the leader proposes now
+                    cluster.kill(m)
+                with contextlib.suppress(TimeoutError):
+                    status, _, _ = await post(s, cluster.url(old), batch(1))
+                    assert status != 200
+                cluster.members[old].proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+                try:
+                    cluster.start(*others)
+                    new = cluster.wait_leader(among=others)
+                    deadline = time.monotonic() + 30
+                    while True:  # the new leader commits other entries at those indexes
+                        with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+                            status, body, _ = await post(s, cluster.url(new), batch(2))
+                            if status == 200:
+                                break
+                        assert time.monotonic() < deadline, "the new leader took no write"
+                finally:
+                    cluster.members[old].proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+                size = max(r["index"] for r in body["results"]) + 2  # and its status root
+                cluster.wait_published(old, size)
+
+        asyncio.run(scenario())
+        lines = cluster.members[old].stderr().splitlines()
+        took_back = [line for line in lines if "took back the entries" in line]
+        assert took_back, "\n".join(lines[-20:])
+        assert '"taken_back": 6' in took_back[0]  # the 5 events and their status root
+        assert not any("reloaded the ledger from disk" in line for line in lines)
+        # Its ledger is the log: every entry checks out from genesis, as on the others.
+        sizes = {m: cluster.verified_size(m) for m in cluster.members}
+        assert len(set(sizes.values())) == 1, sizes
+    finally:
+        cluster.stop_all()
