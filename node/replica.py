@@ -3,7 +3,9 @@
 The core decides; this module persists, verifies, sends and publishes, in the order the
 core's Ready demands:
 
-1. truncation of a conflicting suffix, then the in-memory ledger is reloaded from disk;
+1. truncation of a conflicting suffix, then the in-memory ledger goes back to the log:
+   the entries past it taken back (ledger/undo.py), or, failing that, reloaded from
+   disk; so too when a deposed leader holds writes it admitted but never proposed;
 2. every batch a leader sends is decoded and re-checked here, as an auditor would
    (encoding, signatures on both cores, key validity, chain, status roots); an invalid
    batch is refused and never stored, so a leader cannot make this member accept it;

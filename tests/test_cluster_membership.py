@@ -237,9 +237,9 @@ def test_the_leader_shows_how_far_each_voter_has_caught_up(tmp_path: Path) -> No
 
 def test_a_leader_handing_over_in_a_quiet_log_keeps_its_ledger_in_memory(
         cluster: LocalCluster) -> None:
-    # Its memory is its log: replaying the log from disk (seconds of CPU on a long one)
-    # would buy nothing. Under writes it still reloads if it admitted some it could not
-    # propose any more.
+    # Its memory is its log: nothing to take back, and no replay of the log from disk
+    # (seconds of CPU on a long one). Under writes it takes back what it admitted but
+    # could not propose any more (test_cluster_failover).
     old = cluster.wait_leader(among=["n1", "n2", "n3"])
     rest = sorted({"n1", "n2", "n3"} - {old})
     result = cli("cluster", "remove", "--dir", str(cluster.dir), "--member", old,
