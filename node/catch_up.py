@@ -21,7 +21,7 @@ from client.errors import ReplyError
 from client.http_session import get_capped
 from ledger.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint
 from ledger.errors import LedgerError
-from ledger.note import Ed25519Verifier, split_note
+from ledger.note import Verifier, split_note
 from ledger.tiles import (
     MAX_BUNDLE_SIZE,
     TILE_WIDTH,
@@ -40,7 +40,7 @@ class CatchUpError(Exception):
     """A source could not serve, or served what does not check out; the message says which."""
 
 
-def open_snapshot_checkpoint(data: bytes, *, log_verifier: Ed25519Verifier,
+def open_snapshot_checkpoint(data: bytes, *, log_verifier: Verifier,
                              cluster: ClusterConfig, voters: Iterable[str]) -> Checkpoint:
     """The checkpoint a snapshot's data holds, if the log signed it and a majority of
     `voters` (the membership in force at the snapshot) cosigned it."""

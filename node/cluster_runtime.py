@@ -11,7 +11,13 @@ from client.keys import load_private_key
 from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from ledger.cosignature import CosignatureSigner
 from ledger.heap import settle_loaded_state
-from ledger.note import ALG_ED25519, Ed25519Signer, format_verifier_key, new_verifier
+from ledger.note import (
+    ALG_ED25519,
+    Ed25519Signer,
+    RememberingVerifier,
+    format_verifier_key,
+    new_verifier,
+)
 from ledger.signed import public_bytes
 from node.cluster_config import load_cluster
 from node.config import ConfigError, NodeConfig, make_data_dir
@@ -64,7 +70,9 @@ async def open_cluster_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]
             raise ConfigError(f"this database holds the log {stored.decode()!r}, "
                               f"not the cluster's {cluster.origin!r}")
         signer = Ed25519Signer.from_private_key(cluster.origin, log_key)
-        log_verifier = new_verifier(log_vkey)
+        # Members open the same checkpoints again and again (cosigning, publishing, each
+        # re-cosigning): each signature is checked once.
+        log_verifier = RememberingVerifier(new_verifier(log_vkey))
         state, tree, checkpoint = await recover(
             storage, lambda note: open_checkpoint(note, log_verifier)[0],
             uncommitted_tail=True)

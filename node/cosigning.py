@@ -21,7 +21,7 @@ import msgpack
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.cosignature import CosignatureSigner, add_cosignatures
 from ledger.errors import LedgerError
-from ledger.note import Ed25519Verifier, Signature, format_signature_line, parse_signature_line
+from ledger.note import Signature, Verifier, format_signature_line, parse_signature_line
 from ledger.raft.cosigning import CosignGuard, CosignRefused
 from ledger.tree import MerkleTree
 from node.cluster_config import ClusterConfig
@@ -45,15 +45,10 @@ async def load_guard(storage: ReplicaStorage) -> CosignGuard:
     return CosignGuard(int(size), bytes(root))
 
 
-def _retrieve(task: asyncio.Future[bytes]) -> None:
-    if not task.cancelled():
-        task.exception()  # a late failure of an answer no longer awaited
-
-
 class Cosigner:
     def __init__(self, *, cluster: ClusterConfig, signer: CosignatureSigner, guard: CosignGuard,
                  storage: ReplicaStorage, tree: Callable[[], MerkleTree],
-                 durable_size: Callable[[], int], log_verifier: Ed25519Verifier,
+                 durable_size: Callable[[], int], log_verifier: Verifier,
                  on_checkpoint: Callable[[Checkpoint, bytes], None]) -> None:
         self._cluster = cluster
         self._signer = signer
@@ -65,14 +60,14 @@ class Cosigner:
         self._log_verifier = log_verifier
         self._on_checkpoint = on_checkpoint
         self._lock = asyncio.Lock()
-        self._announcing: set[asyncio.Future[bytes]] = set()
+        self._announcing: set[asyncio.Future[bytes]] = set()  # requests nobody awaits
         self.latest: bytes | None = None  # the newest published (cosigned) checkpoint
         self._members = {m.id: m.cosigner for m in cluster.members}
 
     def _announced(self, task: asyncio.Future[bytes]) -> None:
         self._announcing.discard(task)
         if not task.cancelled():
-            task.exception()  # retrieved: an unreachable follower catches up next round
+            task.exception()  # retrieved: an unreachable member is asked again next round
 
     @property
     def cosigned_size(self) -> int:
@@ -174,9 +169,12 @@ class Cosigner:
                     if sig is not None:
                         lines.append(sig)
         finally:
-            for task in pending:  # stragglers: the next re-cosigning round asks them again
-                task.cancel()
-                task.add_done_callback(_retrieve)
+            # Stragglers are not cancelled: a cancelled request closes its connection, so
+            # the next one to that member opened another, batch after batch. Their answers
+            # are dropped; the next re-cosigning round asks them again.
+            for task in pending:
+                self._announcing.add(task)  # the loop holds tasks weakly
+                task.add_done_callback(self._announced)
         if len(lines) < need:
             raise CosignError(f"{len(lines)} of the {need} cosignatures a checkpoint needs")
         cosigned = add_cosignatures(note, lines)

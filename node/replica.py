@@ -41,7 +41,7 @@ from ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from ledger.entry import LogEntry
 from ledger.errors import DecodeError, LedgerError, RejectedError
 from ledger.events import StatusRoot
-from ledger.note import Ed25519Signer, Ed25519Verifier
+from ledger.note import Ed25519Signer, Verifier
 from ledger.raft.log import RaftLog
 from ledger.raft.membership import Membership
 from ledger.raft.messages import (
@@ -94,7 +94,7 @@ class Replica:
     def __init__(self, *, rt: NodeRuntime, cluster: ClusterConfig, member: str,
                  node_key: Ed25519PrivateKey, storage: ReplicaStorage, raft: RaftNode,
                  ends: dict[int, int], log_signer: Ed25519Signer,
-                 log_verifier: Ed25519Verifier, cosigner: Cosigner,
+                 log_verifier: Verifier, cosigner: Cosigner,
                  published_size: int, snapshots: Snapshotter | None = None) -> None:
         self._rt = rt
         self._snapshots = snapshots

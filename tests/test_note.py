@@ -24,6 +24,7 @@ from ledger.note import (
     MAX_NOTE_SIZE,
     Ed25519Signer,
     Ed25519Verifier,
+    RememberingVerifier,
     Signature,
     Verifiers,
     format_signature_line,
@@ -410,3 +411,27 @@ def test_go_signed_note_opens_and_signing_here_gives_the_same_bytes() -> None:
     n = open_note(msg, [new_verifier(vkey)])
     assert n.text == "Signed by Go.\n\nLast line — with an em dash.\n"
     assert sign_note(n.text, new_signer(skey)) == msg
+
+
+def test_a_remembering_verifier_checks_each_signature_once_and_remembers_only_successes(
+        ) -> None:
+    key = Ed25519PrivateKey.generate()
+    signer = Ed25519Signer.from_private_key("log.example/remember", key)
+    inner = Ed25519Verifier.from_public_key("log.example/remember", key.public_key())
+    calls: list[bytes] = []
+
+    class Counting:
+        name, key_id = inner.name, inner.key_id
+
+        def verify(self, msg: bytes, sig: bytes) -> bool:
+            calls.append(msg)
+            return inner.verify(msg, sig)
+
+    v = RememberingVerifier(Counting(), remember=2)
+    assert (v.name, v.key_id) == (inner.name, inner.key_id)
+    good = [(b"msg %d\n" % i, signer.sign(b"msg %d\n" % i)) for i in range(3)]
+    assert v.verify(*good[0]) and v.verify(*good[0]) and len(calls) == 1
+    bad = (good[0][0], good[1][1])
+    assert not v.verify(*bad) and not v.verify(*bad) and len(calls) == 3  # never remembered
+    assert v.verify(*good[1]) and v.verify(*good[2]) and len(calls) == 5
+    assert v.verify(*good[0]) and len(calls) == 6  # the oldest was forgotten: checked again
