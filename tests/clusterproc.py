@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import select
@@ -139,6 +140,20 @@ class UpProcess:
         found = subprocess.run(["pgrep", "-f", "--", f"--config {self.dir / member}.toml$"],
                                capture_output=True, text=True).stdout.split()
         return int(found[0]) if found else None
+
+    async def await_restarted(self, session: aiohttp.ClientSession, member: str,
+                              old_pid: int, size: int, timeout: float = 60.0) -> None:
+        """Until `member` runs as a new process that serves a checkpoint of `size` or more."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid = self.pid(member)
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{self.url[member]}/v1/cluster") as resp:
+                    if pid not in (None, old_pid) and resp.status == 200 \
+                            and (await resp.json())["checkpoint_size"] >= size:
+                        return
+            assert time.monotonic() < deadline, f"{member} was not restarted and caught up"
+            await asyncio.sleep(0.05)  # polling another process, with a deadline
 
     def stop(self) -> tuple[int, str]:
         """SIGTERM, as Ctrl-C would: its exit status and what it wrote to stderr."""

@@ -52,17 +52,9 @@ def test_a_killed_leader_is_started_again_and_catches_up(tmp_path: Path) -> None
                     assert loop.time() < deadline, "no write accepted after the kill"
                     tag += 1
                     await asyncio.sleep(0.05)  # the 503's Retry-After, shortened
-                size = max(r["index"] for r in body["results"]) + 1
                 # The killed member is back, a new process, caught up with that write.
-                while True:
-                    pid = up.pid(leader)
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with s.get(f"{url[leader]}/v1/cluster") as resp:
-                            if pid not in (None, killed) and resp.status == 200 \
-                                    and (await resp.json())["checkpoint_size"] >= size:
-                                break
-                    assert loop.time() < deadline, "the killed member was not restarted"
-                    await asyncio.sleep(0.05)
+                size = max(r["index"] for r in body["results"]) + 1
+                await up.await_restarted(s, leader, killed, size)
 
         asyncio.run(scenario())
         assert up.proc.poll() is None  # up goes on

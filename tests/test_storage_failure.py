@@ -10,7 +10,6 @@ fail on a full disk. Lifting the limit is freeing the disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import resource
 from pathlib import Path
@@ -199,7 +198,6 @@ def test_cluster_up_restarts_a_member_that_asks_for_it(tmp_path: Path) -> None:
         assert first_pid is not None
 
         async def scenario() -> None:
-            loop = asyncio.get_running_loop()
             async with aiohttp.ClientSession() as s:
                 key = await register_controller(s, url[leader],
                                                 up.dir / "keys" / "operator.key")
@@ -211,16 +209,7 @@ def test_cluster_up_restarts_a_member_that_asks_for_it(tmp_path: Path) -> None:
                 _limit_file_size(first_pid, resource.RLIM_INFINITY)
                 async with s.get(f"{url[leader]}/v1/cluster") as resp:
                     size = (await resp.json())["published_size"]
-                deadline = loop.time() + 60
-                while True:  # a new process, caught up
-                    pid = up.pid(failing)
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with s.get(f"{url[failing]}/v1/cluster") as resp:
-                            if pid not in (None, first_pid) and resp.status == 200 \
-                                    and (await resp.json())["checkpoint_size"] >= size:
-                                break
-                    assert loop.time() < deadline, "the member was not restarted"
-                    await asyncio.sleep(0.05)
+                await up.await_restarted(s, failing, first_pid, size)  # a new process
 
         asyncio.run(scenario())
         status, err = up.stop()
