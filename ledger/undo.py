@@ -45,11 +45,6 @@ class UndoLog:
         self._entries: collections.deque[tuple[int, tuple[Any, ...], list[Write]]] = \
             collections.deque()
 
-    @property
-    def first_size(self) -> int | None:
-        """The smallest size the state can go back to (None: nothing to undo)."""
-        return self._entries[0][0] if self._entries else None
-
     def begin(self, size: int, scalars: tuple[Any, ...]) -> list[Write]:
         """Start the entry at index `size`; the caller appends its writes to the list."""
         writes: list[Write] = []
