@@ -137,7 +137,7 @@ async def test_a_killed_child_leaves_decoding_to_the_loop_until_a_new_one_starts
     caplog.set_level(logging.INFO, logger="consent_ledger.decode_worker")
     restarts: list[int] = []
     worker = await DecodeWorker.start(on_restarted=lambda: restarts.append(worker.pid),
-                                      restart_after=(0.5, 1.0))
+                                      restart_after=(1.0, 2.0))  # long enough to see it down
     first = worker.pid
     os.kill(first, signal.SIGKILL)
     body = msgpack_body(batch(30))
