@@ -33,7 +33,6 @@ import pickle
 import signal
 import struct
 import sys
-import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -41,6 +40,7 @@ from client.wire import decode_body
 from ledger.entry import LogEntry
 from ledger.errors import SignatureError
 from ledger.signed import SignedEvent
+from node.backoff import Backoff
 from node.batch_payload import decode_batch
 
 log = logging.getLogger("consent_ledger.decode_worker")
@@ -54,7 +54,7 @@ _DECODED, _REFUSED = 0, 1
 _BODY, _BATCH = 0, 1  # a POST /v1/events body; a Raft batch's payload
 _KINDS = {_BODY: "body", _BATCH: "batch"}
 RESTART_FIRST_S, RESTART_MAX_S = 1.0, 60.0
-_LIVED_S = 60.0  # a child that lived this long died of something passing: restart soon
+_LIVED_S = 60.0  # a child that lived this long died of something passing: back to 1 s
 
 Decoded = list[SignedEvent] | SignedEvent | list[LogEntry]
 
@@ -68,8 +68,7 @@ class DecodeWorker:
                  restart_after: tuple[float, float] = (RESTART_FIRST_S, RESTART_MAX_S)) -> None:
         self._on_decoded = on_decoded  # "body" or "batch", for /metrics
         self._on_restarted = on_restarted
-        self._restart_first, self._restart_max = restart_after
-        self._restart_in = self._restart_first
+        self._backoff = Backoff(*restart_after, settled_s=_LIVED_S)
         self._restarter: asyncio.Task[None] | None = None
         self._closing = False
         self._waiting: collections.deque[tuple[int, asyncio.Future[Decoded | None]]] = \
@@ -80,7 +79,7 @@ class DecodeWorker:
         assert process.stdin is not None and process.stdout is not None
         self._process = process
         self._requests = process.stdin
-        self._started = time.monotonic()
+        self._backoff.working()
         self._alive = True
         self._reader = asyncio.create_task(self._read_replies(process.stdout),
                                            name="decode-worker")
@@ -129,6 +128,7 @@ class DecodeWorker:
         return future
 
     async def _read_replies(self, replies: asyncio.StreamReader) -> None:
+        error = "its reader stopped"
         try:
             while True:
                 length, kind = _REPLY.unpack(await replies.readexactly(_REPLY.size))
@@ -139,12 +139,7 @@ class DecodeWorker:
                 if not future.done():
                     future.set_result(pickle.loads(payload) if kind == _DECODED else None)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            if self._alive and not self._closing:
-                log.warning("the decoding process stopped; bodies are decoded on the event "
-                            "loop until a new one starts", extra={
-                                "error": type(exc).__name__,
-                                "exit_code": self._process.returncode,
-                                "restart_in_s": self._next_pause()})
+            error = type(exc).__name__
         finally:
             self._alive = False
             while self._waiting:
@@ -152,30 +147,27 @@ class DecodeWorker:
                 if not future.done():
                     future.set_result(None)
             if not self._closing and self._restarter is None:
-                self._restarter = asyncio.create_task(self._restart(),
+                pause = self._backoff.failed()
+                log.warning("the decoding process stopped; bodies are decoded on the event "
+                            "loop until a new one starts", extra={
+                                "error": error, "exit_code": self._process.returncode,
+                                "restart_in_s": pause})
+                self._restarter = asyncio.create_task(self._restart(pause),
                                                       name="decode-worker-restart")
 
-    def _next_pause(self) -> float:
-        """The pause before the next start: the back-off, unless the child lived a while."""
-        if time.monotonic() - self._started >= _LIVED_S:
-            return self._restart_first
-        return self._restart_in
-
-    async def _restart(self) -> None:
+    async def _restart(self, pause: float) -> None:
         old = self._process
         with contextlib.suppress(ProcessLookupError):
             old.kill()  # its pipe ended, but it may linger: never two children at once
         await old.wait()
         while not self._closing:
-            pause = self._next_pause()
-            self._restart_in = min(pause * 2, self._restart_max)
             await asyncio.sleep(pause)  # a back-off timer, not synchronisation
             try:
                 process = await _spawn()
             except OSError as exc:
+                pause = self._backoff.failed()
                 log.warning("the decoding process could not be started", extra={
-                    "error": str(exc), "retry_in_s": self._restart_in})
-                self._started = time.monotonic()  # not a child that lived: keep backing off
+                    "error": str(exc), "retry_in_s": pause})
                 continue
             self._restarter = None
             self._attach(process)

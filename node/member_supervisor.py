@@ -49,7 +49,9 @@ class MemberSupervisor:
 
     async def start(self, member_id: str) -> None:
         self.procs[member_id] = await self._start(member_id)
-        self._starts.setdefault(member_id, []).append(time.monotonic())
+        now = time.monotonic()
+        self._starts[member_id] = [t for t in self._starts.get(member_id, ())
+                                   if now - t < RESTART_WINDOW_S] + [now]
 
     async def run(self) -> None:
         """Watch every started member until none is left running."""
@@ -65,7 +67,7 @@ class MemberSupervisor:
             if code == EXIT_RESTART:
                 _say(f"member {member_id} asked to be restarted; restarting it")
             else:
-                now = time.monotonic()
+                now = time.monotonic()  # the starts kept are those of the last window
                 recent = [t for t in self._starts[member_id] if now - t < RESTART_WINDOW_S]
                 if len(recent) >= RESTART_BURST:
                     _say(f"member {member_id} exited with {describe_exit(code)}, its "

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from ledger.state import LedgerState
 from ledger.tree import MerkleTree
+from node.backoff import Backoff
 from node.sequencer import Sequencer
 
 log = logging.getLogger("consent_ledger.storage")
@@ -50,14 +51,13 @@ async def sequence_through_failures(
 
     `probe` makes one small synced write; `reload` returns state, tree and checkpoint
     from disk; `on_resumed` hands the reloaded ledger to the readers."""
-    delay, resumed_at = RETRY_S[0], -_SETTLED_S
+    backoff = Backoff(*RETRY_S, settled_s=_SETTLED_S)
     while True:
         await sequencer.run()
         if sequencer.healthy:
             return  # drained: the node is stopping
         failed_at = time.monotonic()
-        delay = RETRY_S[0] if failed_at - resumed_at > _SETTLED_S \
-            else min(2 * delay, RETRY_S[1])
+        delay = backoff.failed()
         log.error("writes suspended after a storage failure; retrying",
                   extra={"error": str(sequencer.failure), "retry_in_s": delay})
 
@@ -67,11 +67,11 @@ async def sequence_through_failures(
             sequencer.resume(state, tree, checkpoint)
             return state, tree, checkpoint
 
-        (state, tree, _), delay = await _retry(resume_from_disk, delay)
+        state, tree, _ = await _retry(resume_from_disk, delay, backoff)
         on_resumed(state, tree)
-        resumed_at = time.monotonic()
-        log.info("writes resumed", extra={"size": tree.size,
-                                          "seconds": round(resumed_at - failed_at, 1)})
+        backoff.working()
+        log.info("writes resumed", extra={
+            "size": tree.size, "seconds": round(time.monotonic() - failed_at, 1)})
 
 
 async def restart_once_disk_recovers(stopped: asyncio.Event,
@@ -80,20 +80,21 @@ async def restart_once_disk_recovers(stopped: asyncio.Event,
     """A cluster member: once `stopped` is set (replication stopped on a failure), wait
     until the disk takes a small synced write, then ask to exit with EXIT_RESTART."""
     await stopped.wait()
-    await _retry(probe, RETRY_S[0])
+    backoff = Backoff(*RETRY_S, settled_s=_SETTLED_S)
+    await _retry(probe, backoff.failed(), backoff)
     log.error("the disk takes writes again: exiting, to be restarted and reload the log "
               "from disk", extra={"exit_code": EXIT_RESTART})
     request_exit(EXIT_RESTART)
 
 
-async def _retry(attempt: Callable[[], Awaitable[T]], delay: float) -> tuple[T, float]:
-    """`attempt()`'s result once it works, tried every `delay` seconds, doubling up to
-    RETRY_S[1]; and the delay reached."""
+async def _retry(attempt: Callable[[], Awaitable[T]], delay: float, backoff: Backoff) -> T:
+    """`attempt()`'s result once it works, tried after `delay` seconds, then after each
+    pause `backoff` gives."""
     while True:
         await asyncio.sleep(delay)  # a retry timer: the disk gives no signal to wait on
         try:
-            return await attempt(), delay
+            return await attempt()
         except Exception as exc:  # whatever fails, the next try may work
-            delay = min(2 * delay, RETRY_S[1])
+            delay = backoff.failed()
             log.warning("storage still failing", extra={"error": str(exc),
                                                         "retry_in_s": delay})
