@@ -57,6 +57,16 @@ class GrantState:
     revoked_at: int | None = None  # entry index of the revocation that named this grant
 
 
+# Status map changes held back from the map while status roots are taken at their word:
+# the union of what a snapshot interval changes (100,000 entries, two keys each) fits.
+DEFERRED_KEYS_MAX = 1 << 18
+
+
+def _bad_status_root(index: int) -> RejectedError:
+    return RejectedError("bad-status-root", f"the status root at entry {index} is not the "
+                         "root of the map the entries before it make")
+
+
 def claimed_time(event: Event) -> int:
     """When the signer says the event happened."""
     match event:
@@ -89,6 +99,11 @@ class LedgerState:
         self.statuses: dict[tuple[str, bytes, str], PurposeStatus] = {}
         self.map = StatusMap()
         self._map_dirty: dict[bytes, bytes] = {}
+        # Replaying a log already checked (defer_status_roots): the last status root taken
+        # at its word as (its entry's index, its root), and the map updates before it.
+        self._defer_max = 0  # deferring while more than 0: see defer_status_roots
+        self._claim: tuple[int, bytes] | None = None
+        self._claimed_dirty: dict[bytes, bytes] = {}
         self.event_index: dict[bytes, int] = {}  # event hash -> its entry
         self._undo: UndoLog | None = None  # kept by a cluster member: see ledger/undo.py
         self._writes: list[Write] | None = None  # the entry being applied, if journalled
@@ -148,10 +163,11 @@ class LedgerState:
             if body.size != self.size:
                 raise RejectedError("bad-status-root", f"a status root at entry {self.size} "
                                     f"claims to cover {body.size} entries")
+            pending = len(self._claimed_dirty) + len(self._map_dirty)
+            if pending < self._defer_max and (pending or self._claim is not None):
+                return  # taken at its word by _apply
             if body.map_root != self.map_root():
-                raise RejectedError("bad-status-root",
-                                    f"the status root at entry {self.size} is not the root of "
-                                    "the map the entries before it make")
+                raise _bad_status_root(self.size)
             return
         skew = abs(claimed_time(body) - log_time)
         if skew > self.max_skew_ms:
@@ -295,6 +311,11 @@ class LedgerState:
                                      value_hash)
             case Revoke():
                 self._apply_revoke(body, index)
+            case StatusRoot() if self._map_dirty or self._claim is not None:
+                # Only while deferring: check() otherwise brought the map up to date.
+                self._claimed_dirty.update(self._map_dirty)
+                self._map_dirty = {}
+                self._claim = (index, body.map_root)
         if w is not None:
             w.append((self.event_index, signed.id, self.event_index.get(signed.id, MISSING)))
         self.event_index[signed.id] = index
@@ -345,20 +366,58 @@ class LedgerState:
     @property
     def map_pending(self) -> bool:
         """Statuses changed since the map was last brought up to date (mid-batch)."""
-        return bool(self._map_dirty)
+        return bool(self._map_dirty) or self._claim is not None
 
     def map_root(self) -> bytes:
-        """The status map's root over every entry so far."""
+        """The status map's root over every entry so far.
+
+        RejectedError if a status root taken at its word (defer_status_roots) is not the
+        root of the map the entries before it make."""
+        if self._claim is not None:
+            index, claimed = self._claim
+            self.map.set_many(self._claimed_dirty.items())
+            self._claim, self._claimed_dirty = None, {}
+            if self.map.root() != claimed:
+                raise _bad_status_root(index)
         if self._map_dirty:
             self.map.set_many(self._map_dirty.items())
             self._map_dirty = {}
         return self.map.root()
+
+    # ---------------------------------------------------------------- replaying a checked log
+
+    def defer_status_roots(self, max_pending: int = DEFERRED_KEYS_MAX) -> None:
+        """Take status roots at their word until settle_status_roots(), which checks the
+        last one: for replaying a log that this node's own checks admitted (a restart, a
+        snapshot build), every other rule still applied to every entry.
+
+        Checking each root in turn costs the map a pass over the keys changed since the
+        one before: a batch's few hundred keys share only the map's top levels, so each
+        key hashes a path of its own, which was a quarter of replaying a log. One check
+        at the end hashes the union of the changes once. It proves that the map the
+        entries make is the one the last root claims; an earlier root that is wrong is
+        not noticed here (an auditor's replay, which never defers, would notice). With
+        `max_pending` changes held back, a root is checked at once: that bounds the
+        memory they hold.
+        """
+        if self._undo is not None:
+            raise ValueError("a state that keeps an undo journal checks every status root")
+        self._defer_max = max_pending
+
+    def settle_status_roots(self) -> None:
+        """Check the last status root taken at its word (RejectedError if the entries
+        make another map), and every later one as it comes."""
+        self._defer_max = 0
+        if self._claim is not None:
+            self.map_root()
 
     # ---------------------------------------------------------------- taking back
 
     def keep_undo(self) -> None:
         """Journal from now on what each entry changes, so that roll_back can take it
         back (a cluster member, which applies entries before a majority stored them)."""
+        if self._defer_max:
+            raise ValueError("settle_status_roots() first")
         if self._undo is None:
             self._undo = UndoLog()
 

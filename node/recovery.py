@@ -152,8 +152,15 @@ def _load_uncollected(data: bytes) -> LedgerState:
 
 
 async def replay_entries(storage: Storage, state: LedgerState, tree: MerkleTree,
-                         until: int | None = None) -> None:
-    """Replay the stored entries from `state.size` (to `until`, or to the end)."""
+                         until: int | None = None, *, every_root: bool = False) -> None:
+    """Replay the stored entries from `state.size` (to `until`, or to the end).
+
+    Every rule is checked on every entry, but of the status roots only the last, unless
+    `every_root` (fsck): this node's sequencer checked them all before writing them, and
+    one check at the end costs a fraction of one per batch (LedgerState.defer_status_roots).
+    """
+    if not every_root:
+        state.defer_status_roots()
     while until is None or state.size < until:
         chunk = _CHUNK if until is None else min(_CHUNK, until - state.size)
         rows = await storage.iter_entries(state.size, chunk=chunk)
@@ -174,6 +181,10 @@ async def replay_entries(storage: Storage, state: LedgerState, tree: MerkleTree,
             tree.append(row.leaf)
     if until is not None and state.size != until:
         raise StorageError(f"entry {state.size} is missing (expected {until} entries)")
+    try:
+        state.settle_status_roots()
+    except LedgerError as exc:
+        raise StorageError(f"the entries are invalid: {exc}") from None
 
 
 async def check_tiles(storage: Storage, tree: MerkleTree) -> int:

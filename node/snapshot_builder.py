@@ -5,9 +5,9 @@
 A snapshot is the ledger's state after its first SIZE entries. The node neither copies
 nor encodes its own state for one: it starts this process, which opens the node's
 database read-only, loads the newest stored snapshot at or below SIZE, replays the
-entries after it up to SIZE (every admission rule, chain link and status root checked;
-signatures aside, as they were checked before the entries were written and a restart
-checks the log again), encodes the state and stores it in the snapshot database
+entries after it up to SIZE (every admission rule and chain link checked, and the last
+status root; signatures aside, as they were checked before the entries were written and
+a restart checks the log again), encodes the state and stores it in the snapshot database
 (`DB` with the suffix .snapshots.sqlite), whose only writer it is. It runs at the lowest
 CPU priority unless told otherwise (--nice, the node's `snapshot_nice`), so it takes
 what the node leaves idle, and prints one JSON line.
@@ -100,6 +100,7 @@ async def _load(storage: Storage, stored: int) -> LedgerState:
 
 
 async def _replay(storage: Storage, state: LedgerState, size: int) -> None:
+    state.defer_status_roots()  # the node checked each as it wrote it: here, the last
     while state.size < size:
         _check_parent()
         rows = await storage.iter_entries(state.size, chunk=min(_CHUNK, size - state.size))
@@ -112,6 +113,10 @@ async def _replay(storage: Storage, state: LedgerState, size: int) -> None:
                 state.replay(LogEntry.decode(row.data), verify_signatures=False)
             except LedgerError as exc:
                 raise BuildError(f"entry {row.index} does not replay: {exc}") from None
+    try:
+        state.settle_status_roots()
+    except LedgerError as exc:
+        raise BuildError(f"the entries do not replay: {exc}") from None
 
 
 _parent: int | None = None  # the node's pid (--parent), when it started this process
