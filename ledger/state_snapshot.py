@@ -120,16 +120,16 @@ def encode_capture(cap: Capture) -> bytes:
     def before(index: int | None) -> int | None:
         return index if index is not None and index < size else None
 
-    keys = _pack_array([[kid, None if k.controller is None else sid(k.controller),
+    keys = _pack([[kid, None if k.controller is None else sid(k.controller),
                          k.public_key, k.registered_at, before(k.retired_at)]
                         for kid, k in cap.keys.items()])
-    controllers = _pack_array([c.encode() for c in cap.controllers.values()])
-    grant_rows = _pack_array([
+    controllers = _pack([c.encode() for c in cap.controllers.values()])
+    grant_rows = _pack([
         [g.index, sid(g.controller), g.subject, [sid(p) for p in g.purposes], g.valid_until,
          g.token_hash, before(g.revoked_at)] for g in cap.grants.values()])
     grant_index = {gid: g.index for gid, g in cap.grants.items()}
     try:
-        status_rows = _pack_array([
+        status_rows = _pack([
             [sid(controller), subject, sid(purpose), status.index, grant_index[status.grant],
              status.valid_until, status.withdrawn_by]
             for (controller, subject, purpose), status in cap.statuses.items()])
@@ -154,10 +154,6 @@ def _pack(value: Any) -> bytes:
 
 def _array_header(length: int) -> bytes:
     return msgpack.Packer().pack_array_header(length)
-
-
-def _pack_array(rows: list[Any]) -> bytes:
-    return _array_header(len(rows)) + b"".join(map(_pack, rows))
 
 
 # ---------------------------------------------------------------- loading
