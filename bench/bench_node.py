@@ -1,6 +1,6 @@
 """One node on loopback: durable events/s and latency, beside the plain SQLite ceiling.
 
-    python -m bench.bench_node [--seconds S] [--events N]
+    python -m bench.bench_node [--seconds S] [--events N] [--held H]
 
 Starts a real node process (its own data directory, synchronous=FULL), registers a
 controller, pre-signs every request body before timing (so the load generator spends
@@ -8,7 +8,9 @@ its CPU on HTTP, not on Ed25519), then measures closed-loop throughput with 1, 1
 256 concurrent clients for single-event requests and for batches of 100 (one batch
 signature each), and latency at half the peak batched load (open loop). Every reply
 carries a signed checkpoint covering its events, so request latency *is* publication
-latency. Last, the same entry rows are inserted into a fresh SQLite database with the
+latency. Then half peak is held for H seconds, long enough for a state snapshot to fall
+due, and the requests sent while one was being built are told apart. Last, the same
+entry rows are inserted into a fresh SQLite database with the
 same durability, in transactions of 1,000, for the ceiling.
 """
 
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sqlite3
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -100,17 +104,21 @@ async def open_loop(url: str, bodies: list[bytes], per_second: float,
 
 
 async def paced_posts(endpoints: list[str], bodies: list[bytes], per_second: float,
-                      seconds: float, content_type: str) -> list[float]:
-    """POST `bodies` at a fixed rate, round-robin over `endpoints`; each one's latency."""
+                      seconds: float, content_type: str,
+                      sent_at: list[float] | None = None) -> list[float]:
+    """POST `bodies` at a fixed rate, round-robin over `endpoints`; each one's latency
+    (and, into `sent_at`, when each was sent: wall-clock seconds, in the same order)."""
     latencies: list[float] = []
     interval = 1 / per_second
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async def one(endpoint: str, body: bytes) -> None:
-            started = time.perf_counter()
+            started, wall = time.perf_counter(), time.time()
             async with session.post(endpoint, data=body,
                                     headers={"Content-Type": content_type}) as resp:
                 await resp.read()
             latencies.append(time.perf_counter() - started)
+            if sent_at is not None:
+                sent_at.append(wall)
 
         tasks = []
         start = time.perf_counter()
@@ -121,6 +129,48 @@ async def paced_posts(endpoints: list[str], bodies: list[bytes], per_second: flo
             tasks.append(asyncio.create_task(one(endpoints[i % len(endpoints)], body)))
         await asyncio.gather(*tasks)
     return latencies
+
+
+def snapshot_builds(node: NodeProcess) -> list[tuple[float, float]]:
+    """When the node built state snapshots: (start, end), wall-clock seconds; a build
+    still running ends now."""
+    spans, started = [], None
+    for line in node.stderr().splitlines():
+        if '"state snapshot' not in line:
+            continue
+        record = json.loads(line)
+        at = datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
+        if record["msg"] == "state snapshot build started":
+            started = at
+        elif started is not None and record["msg"] in ("state snapshot stored",
+                                                        "state snapshot not stored"):
+            spans.append((started, at))
+            started = None
+    if started is not None:
+        spans.append((started, time.time()))
+    return spans
+
+
+async def sustained(node: NodeProcess, url: str, key: Ed25519PrivateKey, per_second: float,
+                    seconds: float) -> None:
+    """Half peak held long enough for a state snapshot to fall due: the node has it built
+    by a process at the lowest priority, which still shares the machine with the node."""
+    grants = fresh_grants(int(per_second * seconds) + 100)
+    bodies = [body_of(sign_batch(grants[i:i + 100], key)) for i in range(0, len(grants), 100)]
+    sent_at: list[float] = []
+    latencies = await paced_posts([f"{url}/v1/events"], bodies, per_second / 100, seconds,
+                                  "application/msgpack", sent_at)
+    builds = snapshot_builds(node)
+    during = [lat for at, lat in zip(sent_at, latencies, strict=True)
+              if any(start <= at <= end for start, end in builds)]
+    outside = [lat for at, lat in zip(sent_at, latencies, strict=True)
+               if not any(start <= at <= end for start, end in builds)]
+    label = f"half peak held {seconds:.0f} s"
+    print(f"{label:<34}{per_second:>10,.0f}{pct(latencies, 50):>9.1f}{pct(latencies, 99):>9.1f}"
+          f"   <- {len(during)} of {len(latencies)} requests beside a snapshot build", flush=True)
+    for name, part in (("  beside a build", during), ("  with no build running", outside)):
+        if part:
+            print(f"{name:<34}{'':>10}{pct(part, 50):>9.1f}{pct(part, 99):>9.1f}", flush=True)
 
 
 async def seed_grants(url: str, data_dir: Path, n: int) -> tuple[list[Grant], str]:
@@ -169,7 +219,7 @@ async def register_controller(url: str, data_dir: Path) -> Ed25519PrivateKey:
     return key
 
 
-async def run(seconds: float, events: int, directory: Path) -> None:
+async def run(seconds: float, events: int, directory: Path, held: float) -> None:
     node = NodeProcess(directory / "node", "--origin", "bench.example/node")
     url = node.start()
     try:
@@ -201,6 +251,8 @@ async def run(seconds: float, events: int, directory: Path) -> None:
         print(f"{'half peak (open loop), batches':<34}{half:>10,.0f}{pct(lat, 50):>9.1f}"
               f"{pct(lat, 99):>9.1f}   <- publication latency: reply = signed checkpoint",
               flush=True)
+        if held:
+            await sustained(node, url, key, half, held)
     finally:
         node.stop()
 
@@ -219,9 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="per scenario")
     parser.add_argument("--events", type=int, default=100_000, help="pre-signed per scenario")
+    parser.add_argument("--held", type=float, default=40.0,
+                        help="seconds of half peak held at the end, long enough for a state "
+                             "snapshot (every 100,000 entries) to be built (0: none)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
-        asyncio.run(run(args.seconds, args.events, Path(tmp)))
+        asyncio.run(run(args.seconds, args.events, Path(tmp), args.held))
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ class Snapshotter:
 
     async def _build(self, size: int) -> None:
         started = time.perf_counter()
+        log.info("state snapshot build started", extra={"size": size})
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "node.snapshot_builder", str(self._storage.path),
