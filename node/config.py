@@ -51,6 +51,11 @@ class NodeConfig:
     # The niceness the snapshot builder runs at (node/snapshot_builder.py): 19 takes only
     # CPU the node leaves idle, so under full load a build waits; 0 competes with writes.
     snapshot_nice: int = 19
+    # A single node starts a due snapshot once this long has passed without a commit,
+    # for one more interval at most: builds slow the node's replies whatever their
+    # niceness, so they wait for a lull in the writes (0: at once; cluster members have
+    # their own order, see node/cluster_runtime.py).
+    snapshot_quiet_ms: int = 1000
     # A cluster member keeps this many Raft log rows behind its commit point, and
     # forgets older ones in steps of as many (0: never). A member that needs forgotten
     # rows catches up from tiles instead (node/catch_up.py). A row is a batch of up to a
@@ -71,6 +76,8 @@ class NodeConfig:
             raise ConfigError("raft_log_keep must not be negative (0: never compact)")
         if self.snapshot_every < 0:
             raise ConfigError("snapshot_every must not be negative (0: no snapshots)")
+        if self.snapshot_quiet_ms < 0:
+            raise ConfigError("snapshot_quiet_ms must not be negative (0: build at once)")
         if not 0 <= self.snapshot_nice <= 19:
             raise ConfigError(f"snapshot_nice {self.snapshot_nice} is not in 0..19")
         if (self.cluster_file is None) != (self.member is None):

@@ -157,7 +157,7 @@ async def open_runtime(config: NodeConfig) -> AsyncIterator[NodeRuntime]:
             operator_public = state.keys[state.operator_key_id].public_key
         metrics = Metrics(tree_size=tree.size)
         snapshots = Snapshotter(storage, every=config.snapshot_every,
-                                nice=config.snapshot_nice)
+                                nice=config.snapshot_nice, quiet_ms=config.snapshot_quiet_ms)
         sequencer = Sequencer(
             state=state, tree=tree,
             commit=local_commit(storage, lambda: rt.tree, origin,

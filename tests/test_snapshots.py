@@ -32,7 +32,7 @@ from ledger.tree import MerkleTree
 from node.config import ConfigError, load_config
 from node.local_commit import touched_tiles
 from node.recovery import recover
-from node.snapshots import due_after
+from node.snapshots import Snapshotter, due_after
 from node.storage import SNAPSHOT_PART_BYTES, Storage, StorageError
 
 EVERY = 100
@@ -465,3 +465,56 @@ def test_an_offset_delays_only_the_first_snapshot() -> None:
         [100_000, 133_333, 166_666]
     assert due_after(133_333, 100_000, 33_333) == 233_333
     assert due_after(500_000, 100_000, 66_666) == 625_000
+
+
+class _Recording(Snapshotter):
+    """The node's snapshot policy, with builds recorded instead of run."""
+
+    def __init__(self, storage: Storage, **kwargs: Any) -> None:
+        super().__init__(storage, **kwargs)
+        self.built: list[int] = []
+        self.began = asyncio.Event()
+
+    def _start(self, size: int) -> None:
+        self._last = size
+        self.built.append(size)
+        self.began.set()
+
+
+async def test_a_due_snapshot_waits_for_a_lull_in_the_writes(tmp_path: Path) -> None:
+    storage = await Storage.open(tmp_path / "ledger.sqlite")
+    try:
+        snapshots = _Recording(storage, every=100, quiet_ms=200)
+        await snapshots.after_commit(150)  # due, but a write just committed
+        await snapshots.after_commit(160)
+        assert snapshots.built == []
+        waited_from = time.monotonic()
+        await asyncio.wait_for(snapshots.began.wait(), timeout=10)
+        assert snapshots.built == [160]  # what was committed when the writes paused
+        assert time.monotonic() - waited_from >= 0.2 * 0.9  # timers may fire a tick early
+        # Writes that never pause: one interval later the build starts all the same.
+        await snapshots.after_commit(260)  # due: waits for a lull
+        await snapshots.after_commit(359)
+        assert snapshots.built == [160]
+        await snapshots.after_commit(360)  # and one interval more
+        assert snapshots.built == [160, 360]
+        await snapshots.close()
+    finally:
+        await storage.close()
+
+
+async def test_a_snapshot_starts_when_due_without_a_lull_or_held_by_a_leader(
+        tmp_path: Path) -> None:
+    storage = await Storage.open(tmp_path / "ledger.sqlite")
+    try:
+        at_once = _Recording(storage, every=100, quiet_ms=0)
+        await at_once.after_commit(100)
+        assert at_once.built == [100]
+        # A cluster's leader leaves its due snapshot to the followers, lull or not.
+        leader = _Recording(storage, every=100, quiet_ms=0, hold=lambda: True)
+        await leader.after_commit(150)
+        assert leader.built == []
+        await leader.after_commit(200)
+        assert leader.built == [200]
+    finally:
+        await storage.close()
