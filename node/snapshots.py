@@ -9,10 +9,10 @@ node) or published (a cluster member). One build runs at a time; a size that fel
 while one ran is built when it ends.
 
 A build shares the machine with the node however low its priority (a process at nice
-19 beside a node at half load tripled its p99 here: the two cores share more than time),
-so a single node starts a due build in a quiet moment, `quiet_ms` after its last commit,
-for up to one more interval: under bursts of writes builds fall between them, under
-steady load they come one interval late.
+19 beside a node at half load doubled or tripled its p99 here: the two cores share more
+than time), so a single node starts a due build in a quiet moment, `quiet_ms` after its
+last commit, for up to one more interval: under bursts of writes builds fall between
+them, under steady load they come one interval late.
 """
 
 from __future__ import annotations
