@@ -121,8 +121,8 @@ def encode_capture(cap: Capture) -> bytes:
         return index if index is not None and index < size else None
 
     keys = _pack([[kid, None if k.controller is None else sid(k.controller),
-                         k.public_key, k.registered_at, before(k.retired_at)]
-                        for kid, k in cap.keys.items()])
+                   k.public_key, k.registered_at, before(k.retired_at)]
+                  for kid, k in cap.keys.items()])
     controllers = _pack([c.encode() for c in cap.controllers.values()])
     grant_rows = _pack([
         [g.index, sid(g.controller), g.subject, [sid(p) for p in g.purposes], g.valid_until,
