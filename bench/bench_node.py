@@ -96,17 +96,11 @@ async def closed_loop(url: str, bodies: list[bytes], per_body: int, clients: int
     return done / elapsed, latencies
 
 
-async def open_loop(url: str, bodies: list[bytes], per_second: float,
-                    seconds: float) -> list[float]:
-    """Send requests at a fixed rate, whatever the replies do (no coordinated omission)."""
-    return await paced_posts([f"{url}/v1/events"], bodies, per_second, seconds,
-                             "application/msgpack")
-
-
 async def paced_posts(endpoints: list[str], bodies: list[bytes], per_second: float,
                       seconds: float, content_type: str,
                       sent_at: list[float] | None = None) -> list[float]:
-    """POST `bodies` at a fixed rate, round-robin over `endpoints`; each one's latency
+    """POST `bodies` at a fixed rate whatever the replies do (no coordinated omission),
+    round-robin over `endpoints`; each one's latency
     (and, into `sent_at`, when each was sent: wall-clock seconds, in the same order)."""
     latencies: list[float] = []
     interval = 1 / per_second
@@ -151,26 +145,28 @@ def snapshot_builds(node: NodeProcess) -> list[tuple[float, float]]:
     return spans
 
 
-async def sustained(node: NodeProcess, url: str, key: Ed25519PrivateKey, per_second: float,
-                    seconds: float) -> None:
-    """Half peak held long enough for a state snapshot to fall due: the node has it built
-    by a process at the lowest priority, which still shares the machine with the node."""
+async def half_peak(node: NodeProcess, url: str, key: Ed25519PrivateKey, per_second: float,
+                    seconds: float, label: str, note: str) -> None:
+    """An open loop at `per_second`, and apart from the rest the requests sent while the
+    node had a state snapshot built: by a process at the lowest priority, which still
+    shares the machine with the node."""
     grants = fresh_grants(int(per_second * seconds) + 100)
     bodies = [body_of(sign_batch(grants[i:i + 100], key)) for i in range(0, len(grants), 100)]
     sent_at: list[float] = []
     latencies = await paced_posts([f"{url}/v1/events"], bodies, per_second / 100, seconds,
                                   "application/msgpack", sent_at)
     builds = snapshot_builds(node)
-    during = [lat for at, lat in zip(sent_at, latencies, strict=True)
-              if any(start <= at <= end for start, end in builds)]
-    outside = [lat for at, lat in zip(sent_at, latencies, strict=True)
-               if not any(start <= at <= end for start, end in builds)]
-    label = f"half peak held {seconds:.0f} s"
-    print(f"{label:<34}{per_second:>10,.0f}{pct(latencies, 50):>9.1f}{pct(latencies, 99):>9.1f}"
-          f"   <- {len(during)} of {len(latencies)} requests beside a snapshot build", flush=True)
-    for name, part in (("  beside a build", during), ("  with no build running", outside)):
-        if part:
-            print(f"{name:<34}{'':>10}{pct(part, 50):>9.1f}{pct(part, 99):>9.1f}", flush=True)
+    beside = [any(start <= at <= end for start, end in builds) for at in sent_at]
+    during = [lat for lat, b in zip(latencies, beside, strict=True) if b]
+    print(f"{label:<34}{per_second:>10,.0f}{pct(latencies, 50):>9.1f}"
+          f"{pct(latencies, 99):>9.1f}   <- {note}", flush=True)
+    if during:
+        outside = [lat for lat, b in zip(latencies, beside, strict=True) if not b]
+        print(f"{f'  {len(during)} of {len(latencies)} beside a snapshot build':<34}{'':>10}"
+              f"{pct(during, 50):>9.1f}{pct(during, 99):>9.1f}", flush=True)
+        if outside:
+            print(f"{'  the others':<34}{'':>10}{pct(outside, 50):>9.1f}"
+                  f"{pct(outside, 99):>9.1f}", flush=True)
 
 
 async def seed_grants(url: str, data_dir: Path, n: int) -> tuple[list[Grant], str]:
@@ -245,14 +241,11 @@ async def run(seconds: float, events: int, directory: Path, held: float) -> None
                       flush=True)
 
         half = peak_batched / 2
-        grants = fresh_grants(int(half * seconds) + 100)
-        bodies = [body_of(sign_batch(grants[i:i + 100], key)) for i in range(0, len(grants), 100)]
-        lat = await open_loop(url, bodies, half / 100, seconds)
-        print(f"{'half peak (open loop), batches':<34}{half:>10,.0f}{pct(lat, 50):>9.1f}"
-              f"{pct(lat, 99):>9.1f}   <- publication latency: reply = signed checkpoint",
-              flush=True)
+        await half_peak(node, url, key, half, seconds, "half peak (open loop), batches",
+                        "publication latency: reply = signed checkpoint")
         if held:
-            await sustained(node, url, key, half, held)
+            await half_peak(node, url, key, half, held, f"half peak held {held:.0f} s",
+                            "long enough for a state snapshot to fall due")
     finally:
         node.stop()
 
