@@ -100,8 +100,8 @@ async def paced_posts(endpoints: list[str], bodies: list[bytes], per_second: flo
                       seconds: float, content_type: str,
                       sent_at: list[float] | None = None) -> list[float]:
     """POST `bodies` at a fixed rate whatever the replies do (no coordinated omission),
-    round-robin over `endpoints`; each one's latency
-    (and, into `sent_at`, when each was sent: wall-clock seconds, in the same order)."""
+    round-robin over `endpoints`; each one's latency (and, into `sent_at`, when each was
+    sent: wall-clock seconds, in the same order)."""
     latencies: list[float] = []
     interval = 1 / per_second
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
