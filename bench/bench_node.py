@@ -10,8 +10,8 @@ signature each), and latency at half the peak batched load (open loop). Every re
 carries a signed checkpoint covering its events, so request latency *is* publication
 latency. Then half peak is held for H seconds, long enough for a state snapshot to fall
 due, and the requests sent while one was being built are told apart. Last, the same
-entry rows are inserted into a fresh SQLite database with the
-same durability, in transactions of 1,000, for the ceiling.
+entry rows are inserted into a fresh SQLite database with the same durability, in
+transactions of 1,000, for the ceiling.
 """
 
 from __future__ import annotations
