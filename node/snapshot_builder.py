@@ -7,7 +7,9 @@ nor encodes its own state for one: it starts this process, which opens the node'
 database read-only, loads the newest stored snapshot at or below SIZE, replays the
 entries after it up to SIZE (every admission rule and chain link checked, and the last
 status root; signatures aside, as they were checked before the entries were written and
-a restart checks the log again), encodes the state and stores it in the snapshot database
+a restart checks the log again; each entry's form and fields too, which the node checked
+before it wrote the entry: ledger/trusted_decode.py says why the chain is enough here),
+encodes the state and stores it in the snapshot database
 (`DB` with the suffix .snapshots.sqlite), whose only writer it is. It runs at the lowest
 CPU priority unless told otherwise (--nice, the node's `snapshot_nice`), so it takes
 what the node leaves idle, and prints one JSON line.
@@ -37,10 +39,10 @@ import sys
 import time
 from pathlib import Path
 
-from ledger.entry import LogEntry
 from ledger.errors import LedgerError
 from ledger.state import LedgerState
 from ledger.state_snapshot import capture, encode_capture, load_snapshot
+from ledger.trusted_decode import decode_trusted_entry
 from node.storage import Storage
 
 KEEP = 2  # the newest, and one to fall back on if the newest is refused
@@ -110,7 +112,7 @@ async def _replay(storage: Storage, state: LedgerState, size: int) -> None:
             if row.index != state.size:
                 raise BuildError(f"entry {state.size} is missing (found {row.index} next)")
             try:
-                state.replay(LogEntry.decode(row.data), verify_signatures=False)
+                state.replay(decode_trusted_entry(row.data), verify_signatures=False)
             except LedgerError as exc:
                 raise BuildError(f"entry {row.index} does not replay: {exc}") from None
     try:

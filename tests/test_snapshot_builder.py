@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -122,6 +123,35 @@ async def test_a_snapshot_that_disagrees_with_the_log_is_passed_over(
     report = await build(log.storage.path, fourth)
     assert report["refused"][0].startswith(f"{third}: entry {third} does not replay")
     assert await log.storage.snapshot(fourth) == log.at[fourth]
+
+
+async def test_an_entry_altered_on_disk_is_caught_by_the_next_link(log: Log) -> None:
+    """Entries are read back without checking their form (the node checked them before
+    writing them): the hash chain is what vouches for the bytes."""
+    await log.grants(10, first=0)
+    size = await log.grants(10, first=100)
+    index, data = await _row_with(log, (104).to_bytes(32, "big"))
+    await _rewrite(log, index, data.replace((104).to_bytes(32, "big"), (999).to_bytes(32, "big")))
+    with pytest.raises(BuildError, match=f"entry {index + 1} does not replay: entry "
+                                         f"{index + 1} does not link to entry {index}"):
+        await build(log.storage.path, size)
+    await _rewrite(log, index, b"\x93\x01\x02\x03")
+    with pytest.raises(BuildError, match=f"entry {index} does not replay: not an entry "
+                                         "this log wrote"):
+        await build(log.storage.path, size)
+    assert await log.storage.snapshot_sizes() == []
+
+
+async def _row_with(log: Log, part: bytes) -> tuple[int, bytes]:
+    rows = await log.storage.iter_entries(0, chunk=log.tree.size)
+    return next((r.index, r.data) for r in rows if part in r.data)
+
+
+async def _rewrite(log: Log, index: int, data: bytes) -> None:
+    def rewrite() -> None:
+        with sqlite3.connect(log.storage.path) as db:
+            db.execute("UPDATE entries SET data = ? WHERE idx = ?", (data, index))
+    await asyncio.to_thread(rewrite)
 
 
 async def test_sizes_that_cannot_be_built_are_refused(log: Log) -> None:
