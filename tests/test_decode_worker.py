@@ -61,6 +61,7 @@ async def test_the_child_decodes_what_the_loop_would(worker: DecodeWorker) -> No
     first, last = got[0].body, got[299].body
     assert isinstance(first, Grant) and isinstance(last, Grant)
     assert first.controller is last.controller
+    assert first.notice is last.notice
 
 
 async def test_bodies_in_flight_together_come_back_each_to_its_sender(
