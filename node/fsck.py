@@ -52,11 +52,12 @@ async def fsck(config: NodeConfig, out: Callable[[str], None]) -> None:
         if not sizes:
             out("snapshots    none stored")
         for size in sizes:
-            await replay_entries(storage, state, tree, until=size, every_root=True)
+            await replay_entries(storage, state, tree, until=size, every_root=True,
+                                 recheck_form=True)
             if _compare(state, await storage.snapshot(size), size, out):
                 continue
             bad.append(str(size))
-        await replay_entries(storage, state, tree, every_root=True)
+        await replay_entries(storage, state, tree, every_root=True, recheck_form=True)
         out(f"entries      {tree.size}, every one replayed and valid "
             f"({time.perf_counter() - started:.1f} s)")
         out(f"tiles        {await check_tiles(storage, tree)} match the entries")

@@ -2,9 +2,12 @@
 
 The state comes from the newest state snapshot that agrees with the log (its size, the
 leaf hash of its last entry, its status map root against the status root that entry
-is), then every later entry is decoded strictly, its stored leaf hash recomputed, its
+is), then every later entry has its stored leaf hash recomputed from its bytes, its
 chain link and admission rules replayed. Without a usable snapshot every entry is
-replayed. Entries before the snapshot have their stored leaf hashes recomputed from
+replayed. Only the entries' form is taken as written: every entry was decoded strictly
+before this node (or mirror) stored it, and the bytes are the ones the leaf hashes, the
+tiles and the signed checkpoint commit to (ledger/trusted_decode.py); fsck checks the
+form too. Entries before the snapshot have their stored leaf hashes recomputed from
 their bytes too; the tree is rebuilt from the leaves and compared with every stored
 tile; the latest checkpoint must carry the log's valid signature and commit to exactly
 the rebuilt tree. Anything else is a torn or tampered database, and the node reports it
@@ -30,6 +33,7 @@ from ledger.state import LedgerState
 from ledger.state_snapshot import load_snapshot
 from ledger.tiles import tile_width
 from ledger.tree import MerkleTree
+from ledger.trusted_decode import decode_trusted_entry
 from node.storage import Storage, StorageError
 
 log = logging.getLogger("consent_ledger.recovery")
@@ -152,15 +156,20 @@ def _load_uncollected(data: bytes) -> LedgerState:
 
 
 async def replay_entries(storage: Storage, state: LedgerState, tree: MerkleTree,
-                         until: int | None = None, *, every_root: bool = False) -> None:
+                         until: int | None = None, *, every_root: bool = False,
+                         recheck_form: bool = False) -> None:
     """Replay the stored entries from `state.size` (to `until`, or to the end).
 
     Every rule is checked on every entry, but of the status roots only the last, unless
     `every_root` (fsck): this node's sequencer checked them all before writing them, and
     one check at the end costs a fraction of one per batch (LedgerState.defer_status_roots).
+    Likewise each entry's canonical form and fields, which were checked before it was
+    stored, are checked again only with `recheck_form` (fsck): decoding them strictly was
+    half of a restart's replay.
     """
     if not every_root:
         state.defer_status_roots()
+    decode = LogEntry.decode if recheck_form else decode_trusted_entry
     while until is None or state.size < until:
         chunk = _CHUNK if until is None else min(_CHUNK, until - state.size)
         rows = await storage.iter_entries(state.size, chunk=chunk)
@@ -172,7 +181,7 @@ async def replay_entries(storage: Storage, state: LedgerState, tree: MerkleTree,
             if merkle.leaf_hash(row.data) != row.leaf:
                 raise StorageError(f"entry {row.index}: stored leaf hash does not match its bytes")
             try:
-                entry = LogEntry.decode(row.data)
+                entry = decode(row.data)
                 if entry.index != row.index:
                     raise StorageError(f"entry {row.index} says it is entry {entry.index}")
                 state.replay(entry, verify_signatures=False)
