@@ -1,15 +1,18 @@
 """Entries decoded without checks, for bytes this node's own checks already admitted.
 
-A node replays its own log to build a state snapshot. Every entry there was strictly
-decoded and checked when the node admitted it, then stored in canonical form; reading
-it back, half of the replay's time went into checking that form and every field again.
-`decode_trusted_entry` only rebuilds the records from plain msgpack. What still vouches
-for the bytes is the hash chain: replaying an entry checks that its `prev` is the leaf
-hash of the bytes before it, so a row altered on disk breaks the chain at once, and the
-last entry's leaf hash is what the snapshot's header is checked against the log with.
+A node replays its own log when it starts and when it builds a state snapshot. Every
+entry there was strictly decoded and checked before the node stored it, in canonical
+form; reading it back, half of the replay's time went into checking that form and every
+field again. `decode_trusted_entry` only rebuilds the records from plain msgpack. What
+still vouches for the bytes is the hash chain: replaying an entry checks that its
+`prev` is the leaf hash of the bytes before it, so a row altered on disk breaks the
+chain at once; at start-up every leaf hash is also checked against the stored tiles and
+the signed checkpoint, and a snapshot's last leaf hash against the log before the
+snapshot is used.
 
-Never for bytes from anyone else (a request, a peer, a mirror): those get
-`LogEntry.decode`, which refuses anything that is not exactly canonical.
+Never for bytes as they arrive from anyone else (a request, a leader's batch, a log
+being mirrored or audited): those get `LogEntry.decode`, which refuses anything that is
+not exactly canonical. fsck decodes strictly too.
 """
 
 from __future__ import annotations
