@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import operator
 from collections.abc import Iterable
-from itertools import groupby, pairwise
+from itertools import pairwise
 from typing import Any
 
 from ledger.codec import build_checked
@@ -124,15 +124,8 @@ class StatusMap:
         if any(map(operator.ge, ints, ints[1:])):
             at = next(i for i, (a, b) in enumerate(pairwise(ints)) if a >= b)
             raise ValueError(f"[{at + 1}]: keys are not in increasing order")
-        subtrees, bottom = status_map._subtrees, status_map._levels[TOP_BITS]
-        start = 0
-        for bucket, run in groupby(ints, key=lambda k: k >> _BUCKET_SHIFT):
-            end = start + sum(1 for _ in run)
-            subtree = _build_sorted(keys[start:end], value_hashes[start:end],
-                                    ints[start:end])
-            subtrees[bucket] = subtree
-            bottom[bucket] = subtree[3]
-            start = end
+        _build_sorted(keys, value_hashes, ints, status_map._subtrees,
+                      status_map._levels[TOP_BITS])
         status_map._rehash_levels(range(1 << TOP_BITS))
         status_map._len = len(keys)
         return status_map
@@ -320,27 +313,33 @@ class StatusMap:
                              key=node[1], value=node[2])
 
 
-def _build_sorted(keys: list[bytes], value_hashes: list[bytes], ints: list[int]) -> Any:
-    """The linked subtree of checked keys in increasing order, hashed."""
+def _build_sorted(keys: list[bytes], value_hashes: list[bytes], ints: list[int],
+                  subtrees: list[Any], bottom: list[bytes | None]) -> None:
+    """Each bucket's linked subtree of checked keys in increasing order, hashed, in one
+    pass over all of them (a call per bucket cost more than the hashing)."""
     sha = _sha256
-    hashes = [sha(LEAF_TAG + k + v).digest() for k, v in zip(keys, value_hashes, strict=True)]
-    nodes: list[Any] = list(zip([-1] * len(keys), keys, value_hashes, hashes, strict=True))
-    shifts = [(a ^ b).bit_length() - 1 for a, b in pairwise(ints)]
     prefix = _PREFIX_BY_SHIFT
+    shifts = [(a ^ b).bit_length() - 1 for a, b in pairwise(ints)]
+    shifts.append(256)  # after the last key: nothing joins it
     spine: list[list[Any]] = []  # branchings whose right side is still open, top first
     push, pop = spine.append, spine.pop
-    for shift, node in zip(shifts, nodes, strict=False):
-        # `node` is the leaf left of this branching; close the branchings below it.
+    for key, value_hash, k, shift in zip(keys, value_hashes, ints, shifts, strict=True):
+        node: Any = (-1, key, value_hash, sha(LEAF_TAG + key + value_hash).digest())
+        # The branching between this key and the next one sits at `shift`: close the
+        # branchings below it, with this key's side as their right one.
+        if shift >= _BUCKET_SHIFT:  # the next key is in another bucket: close them all
+            while spine:
+                top = pop()
+                top[2] = node
+                top[3] = sha(prefix[top[0]] + top[1][3] + node[3]).digest()
+                node = top
+            bucket = k >> _BUCKET_SHIFT
+            subtrees[bucket] = node
+            bottom[bucket] = node[3]
+            continue
         while spine and spine[-1][0] < shift:
             top = pop()
             top[2] = node
             top[3] = sha(prefix[top[0]] + top[1][3] + node[3]).digest()
             node = top
         push([shift, node, None, None])
-    node = nodes[-1]
-    while spine:
-        top = pop()
-        top[2] = node
-        top[3] = sha(prefix[top[0]] + top[1][3] + node[3]).digest()
-        node = top
-    return node

@@ -421,8 +421,10 @@ def test_verifier_says_what_failed() -> None:
         verify_map_proof(root, absent, None, forged)
 
 
-@given(st.dictionaries(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32),
-                       max_size=40))
+@given(st.one_of(
+    st.dictionaries(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32),
+                    max_size=40),
+    st.dictionaries(keys_st, values_st, max_size=40)))  # many keys in one bucket
 def test_a_map_built_from_sorted_keys_is_the_map_set_many_makes(items: dict[bytes, bytes]
                                                                 ) -> None:
     keys = sorted(items)
