@@ -383,6 +383,10 @@ class Record:
     so a record that exists is a valid record, whether built in code or decoded.
     """
 
+    # No per-instance dict of its own: a subclass declared with slots=True (a status,
+    # kept twice per grant for the life of the process) then has none at all.
+    __slots__ = ()
+
     MAX_SIZE: ClassVar[int] = 16 * 1024
     _fields: ClassVar[tuple[_FieldInfo, ...]]
 

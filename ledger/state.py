@@ -38,7 +38,7 @@ from ledger.status import ConsentStatus, PurposeStatus
 from ledger.undo import MISSING, UndoLog, Write
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class KeyState:
     controller: str | None  # None: the operator's key
     public_key: bytes
@@ -46,7 +46,7 @@ class KeyState:
     retired_at: int | None = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class GrantState:
     index: int
     controller: str

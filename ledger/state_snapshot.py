@@ -324,7 +324,7 @@ def _load_statuses(state: LedgerState, statuses: Any, strings: list[str]) -> Non
     size, n_strings, out = state.size, len(strings), state.statuses
     grant_of = {g.index: gid for gid, g in state.grants.items()}
     plain = _PLAIN_STATUS
-    new, set_dict, record = object.__new__, object.__setattr__, PurposeStatus
+    new, set_field, record = object.__new__, object.__setattr__, PurposeStatus
     for i, (controller, subject, purpose, index, grant, valid_until, withdrawn_by) \
             in enumerate(r.rows):
         if not (type(controller) is int and 0 <= controller < n_strings
@@ -342,9 +342,10 @@ def _load_statuses(state: LedgerState, statuses: Any, strings: list[str]) -> Non
             r.fail(i, "a second status for the same controller, subject and purpose")
         if plain:  # build_checked without its generic dispatch: once per status
             status = new(record)
-            set_dict(status, "__dict__", {"index": index, "grant": grant_of[grant],
-                                          "valid_until": valid_until,
-                                          "withdrawn_by": withdrawn_by})
+            set_field(status, "index", index)
+            set_field(status, "grant", grant_of[grant])
+            set_field(status, "valid_until", valid_until)
+            set_field(status, "withdrawn_by", withdrawn_by)
         else:
             status = build_checked(PurposeStatus, index=index, grant=grant_of[grant],
                                    valid_until=valid_until, withdrawn_by=withdrawn_by)

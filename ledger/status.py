@@ -28,7 +28,7 @@ class ConsentStatus(enum.StrEnum):
     UNKNOWN = "ConsentUnknown"  # never granted
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class PurposeStatus(Record):
     """The latest event for one (controller, subject, purpose)."""
 
