@@ -322,7 +322,7 @@ def _load_grants(state: LedgerState, grants: Any, strings: list[str],
 def _load_statuses(state: LedgerState, statuses: Any, strings: list[str]) -> None:
     r = _Reader("statuses", statuses, 7)
     size, n_strings, out = state.size, len(strings), state.statuses
-    grant_of = {g.index: gid for gid, g in state.grants.items()}
+    grant_of = {g.index: (gid, g.subject) for gid, g in state.grants.items()}
     plain = _PLAIN_STATUS
     new, set_field, record = object.__new__, object.__setattr__, PurposeStatus
     for i, (controller, subject, purpose, index, grant, valid_until, withdrawn_by) \
@@ -337,17 +337,20 @@ def _load_statuses(state: LedgerState, statuses: Any, strings: list[str]) -> Non
                      or (type(withdrawn_by) is str and withdrawn_by in WITHDRAWN_BY))):
             _diagnose(r, i, ["controller", "subject", "purpose", "index", "grant",
                              "valid_until", "withdrawn_by"])
+        gid, grant_subject = grant_of[grant]
+        if subject == grant_subject:
+            subject = grant_subject  # one bytes object, as in a live node's state
         key = (strings[controller], subject, strings[purpose])
         if key in out:
             r.fail(i, "a second status for the same controller, subject and purpose")
         if plain:  # build_checked without its generic dispatch: once per status
             status = new(record)
             set_field(status, "index", index)
-            set_field(status, "grant", grant_of[grant])
+            set_field(status, "grant", gid)
             set_field(status, "valid_until", valid_until)
             set_field(status, "withdrawn_by", withdrawn_by)
         else:
-            status = build_checked(PurposeStatus, index=index, grant=grant_of[grant],
+            status = build_checked(PurposeStatus, index=index, grant=gid,
                                    valid_until=valid_until, withdrawn_by=withdrawn_by)
         out[key] = status
 

@@ -32,6 +32,8 @@ def test_a_loaded_snapshot_behaves_as_the_original(before: list[tuple[int, int, 
     data = snapshot_bytes(state)
     loaded = load_snapshot(data)
     assert snapshot_bytes(loaded) == data  # canonical: one state, one byte string
+    for (_, subject, _), status in loaded.statuses.items():  # held once, as when live
+        assert subject is loaded.grants[status.grant].subject
     seen = [*state.event_index, bytes(32)]
     assert answers(loaded, seen) == answers(state, seen)
     for op in after:
