@@ -149,8 +149,10 @@ async def _row_with(log: Log, part: bytes) -> tuple[int, bytes]:
 
 async def _rewrite(log: Log, index: int, data: bytes) -> None:
     def rewrite() -> None:
-        with sqlite3.connect(log.storage.path) as db:
+        db = sqlite3.connect(log.storage.path)
+        with db:
             db.execute("UPDATE entries SET data = ? WHERE idx = ?", (data, index))
+        db.close()
     await asyncio.to_thread(rewrite)
 
 
