@@ -178,10 +178,14 @@ async def replay_entries(storage: Storage, state: LedgerState, tree: MerkleTree,
         for row in rows:
             if row.index != state.size:
                 raise StorageError(f"entry {state.size} is missing (found {row.index} next)")
-            if merkle.leaf_hash(row.data) != row.leaf:
-                raise StorageError(f"entry {row.index}: stored leaf hash does not match its bytes")
             try:
                 entry = decode(row.data)
+            except LedgerError as exc:
+                raise StorageError(f"entry {row.index} is invalid: {exc}") from None
+            # Hashed once: the entry keeps its leaf hash, which its replay links with.
+            if entry.leaf_hash != row.leaf:
+                raise StorageError(f"entry {row.index}: stored leaf hash does not match its bytes")
+            try:
                 if entry.index != row.index:
                     raise StorageError(f"entry {row.index} says it is entry {entry.index}")
                 state.replay(entry, verify_signatures=False)
