@@ -264,9 +264,11 @@ def _share_equal_values(envelopes: list[SignedEvent]) -> None:
 
 
 def _of_text_and_bytes(value: object) -> bool:
-    """A record (a grant's notice) whose fields are all text, bytes or absent."""
-    return isinstance(value, Record) and all(
-        v is None or type(v) is str or type(v) is bytes for v in value.__dict__.values())
+    """A record (a grant's notice) whose fields are all text, bytes or absent (one
+    declared with slots has no __dict__: it is sent as it is)."""
+    fields = getattr(value, "__dict__", None) if isinstance(value, Record) else None
+    return fields is not None and all(
+        v is None or type(v) is str or type(v) is bytes for v in fields.values())
 
 
 def _widen_pipes() -> None:

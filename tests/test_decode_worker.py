@@ -22,8 +22,9 @@ from ledger.entry import LogEntry
 from ledger.errors import LedgerError
 from ledger.events import Grant
 from ledger.signed import SignedEvent, sign_batch
+from ledger.status import PurposeStatus
 from node.batch_payload import decode_batch, encode_batch
-from node.decode_worker import MIN_BODY, DecodeWorker
+from node.decode_worker import MIN_BODY, DecodeWorker, _of_text_and_bytes
 
 KEY = Ed25519PrivateKey.generate()
 
@@ -63,6 +64,15 @@ async def test_the_child_decodes_what_the_loop_would(worker: DecodeWorker) -> No
     assert first.controller is last.controller
     assert first.notice is last.notice
 
+
+
+def test_only_records_of_text_and_bytes_are_shared() -> None:
+    notice = grant().notice
+    assert _of_text_and_bytes(notice)
+    # A record declared with slots (a status) has no __dict__ to look through.
+    assert not _of_text_and_bytes(PurposeStatus(index=1, grant=bytes(32), valid_until=5,
+                                                withdrawn_by=None))
+    assert not _of_text_and_bytes(("dpv:Marketing",)) and not _of_text_and_bytes(7)
 
 async def test_bodies_in_flight_together_come_back_each_to_its_sender(
         worker: DecodeWorker) -> None:
